@@ -1,0 +1,325 @@
+"""Probabilities of likelihood-ratio regions under radial smoothing laws, as 1-D integrals.
+
+Every law here is GG(d, k, sigma) (k = 0: Gaussian), possibly at another scale or truncated.
+With t = ||z||^2 / (2 sigma'^2) in P's units, the log-density is -phi(t) + const with
+phi(t) = t + k ln t, and t ~ Gamma(d/2 - k). For a shift delta of length r and a point at
+radial t, the cosine c to delta satisfies (1 + c) / 2 ~ Beta((d-1)/2, (d-1)/2) (Li et al. 2022,
+Sec. 4 and App. C), so the probability of a region {phi(t_shifted) > Psi(t)} is a Gamma-radial
+integral of a Beta CDF. Every function here is vectorised with numpy broadcasting.
+
+The region R(lambda) = {p_delta(z) < lambda1 p(z) + lambda2 q(z)}, with q / p = m(t), is written
+with ell = ln lambda1 and mu = lambda2 / lambda1: z in R iff phi(t_shifted) > Psi(t) where
+Psi(t) = phi(t) - ell - ln(1 + mu m(t)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+
+import numpy as np
+from scipy.special import betainc, betaln, expit, roots_legendre, wrightomega
+from scipy.stats import gamma as gamma_law
+
+# Quadrature in the logit of the radial CDF: tails get nodes, the bulk gets most of them.
+_LOGIT_SPAN = 37.0  # mass outside is 2 * expit(-37) ~ 2e-16
+
+
+@lru_cache(maxsize=64)
+def radial_nodes(shape: float, upper_q: float = 1.0, panels: int = 96, order: int = 8,
+                 break_q: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes t_i and weights w_i with sum_i w_i h(t_i) ~ E[h(t)], t ~ Gamma(shape) truncated to its
+    ``upper_q`` quantile (weights then sum to upper_q: the mass, not the conditional law).
+
+    Composite Gauss-Legendre in x where the CDF level is upper_q * expit(x), x in [-37, 37];
+    ``break_q`` adds a panel edge at that CDF level, where the integrand jumps.
+    """
+    edges = np.linspace(-_LOGIT_SPAN, _LOGIT_SPAN, panels + 1)
+    if break_q is not None:
+        edges = np.unique(np.append(edges, math.log(break_q / (1.0 - break_q))))
+    g, gw = roots_legendre(order)
+    half = 0.5 * (edges[1:] - edges[:-1])
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    x = (mid[:, None] + half[:, None] * g[None, :]).ravel()
+    wx = (half[:, None] * gw[None, :]).ravel()
+    level = expit(x)
+    if upper_q >= 1.0:
+        # isf keeps precision in the upper tail, where 1 - level underflows relative to 1
+        t = np.where(x < 0, gamma_law.ppf(level, shape), gamma_law.isf(expit(-x), shape))
+    else:
+        t = gamma_law.ppf(upper_q * level, shape)
+    w = upper_q * wx * level * expit(-x)  # d/dx expit(x) = expit(x) expit(-x)
+    return t, w
+
+
+def phi(t: np.ndarray, k: float) -> np.ndarray:
+    """phi(t) = t + k ln t: minus the log-density of GG in radial units (Li et al. 2022, Def. 1)."""
+    return t + k * np.log(t) if k > 0 else t
+
+
+def phi_inv(y: np.ndarray, k: float) -> np.ndarray:
+    """Inverse of phi through the Wright omega function: t = k omega(y/k - ln k) (Lambert W of exp)."""
+    if k == 0:
+        return y
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isposinf(y), np.inf, k * np.real(wrightomega(y / k - math.log(k))))
+
+
+def beta_cdf(x: np.ndarray, beta: float) -> np.ndarray:
+    """CDF of Beta(beta, beta), clipped to [0, 1] outside its support."""
+    return betainc(beta, beta, np.clip(x, 0.0, 1.0))
+
+
+def beta_pdf(x: np.ndarray, beta: float) -> np.ndarray:
+    """Density of Beta(beta, beta), zero outside (0, 1)."""
+    inside = (x > 0.0) & (x < 1.0)
+    xs = np.where(inside, x, 0.5)
+    with np.errstate(divide="ignore"):
+        logp = (beta - 1.0) * (np.log(xs) + np.log1p(-xs)) - betaln(beta, beta)
+    return np.where(inside, np.exp(logp), 0.0)
+
+
+@dataclass(frozen=True)
+class RadialSetting:
+    """P = GG(d, k, sigma) and an optional Q: P at scale q_sigma, or P truncated at quantile q_threshold.
+
+    Everything that depends only on (d, k, sigma, Q) is computed once here.
+    """
+
+    d: int
+    k: int
+    sigma: float
+    q_sigma: float | None = None
+    q_threshold: float | None = None
+    panels: int = 96
+    order: int = 8
+
+    def __post_init__(self) -> None:
+        if self.k > 0 and (self.d % 2 or self.k > self.d // 2 - 1):
+            raise ValueError(f"generalized Gaussian needs d even and k <= d/2 - 1 (d={self.d}, k={self.k})")
+        if self.q_sigma is not None and self.q_threshold is not None:
+            raise ValueError("give q_sigma or q_threshold, not both")
+        if self.q_sigma is not None and not 0 < self.q_sigma < self.sigma:
+            raise ValueError(f"q_sigma must be in (0, sigma), got {self.q_sigma}")
+        if self.q_threshold is not None and not 0 < self.q_threshold < 1:
+            raise ValueError(f"q_threshold must be in (0, 1), got {self.q_threshold}")
+
+    @property
+    def shape(self) -> float:
+        return self.d / 2.0 - self.k
+
+    @property
+    def beta(self) -> float:
+        return (self.d - 1) / 2.0
+
+    @property
+    def scale(self) -> float:
+        """sqrt(2) sigma': lengths are divided by it so that t = ||z||^2 in these units."""
+        return self.sigma * math.sqrt(2.0 * self.d / (self.d - 2.0 * self.k))
+
+    @cached_property
+    def p_nodes(self) -> tuple[np.ndarray, np.ndarray]:
+        return radial_nodes(self.shape, 1.0, self.panels, self.order, self.q_threshold)
+
+    @cached_property
+    def q_nodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Q's radial nodes in P's t units, weights summing to 1."""
+        if self.q_sigma is not None:
+            t, w = radial_nodes(self.shape, 1.0, self.panels, self.order)
+            return t * (self.q_sigma / self.sigma) ** 2, w
+        if self.q_threshold is not None:
+            t, w = radial_nodes(self.shape, self.q_threshold, self.panels, self.order)
+            return t, w / self.q_threshold
+        raise ValueError("no Q in this setting")
+
+    @cached_property
+    def t_cut(self) -> float:
+        """Truncation point of Q in t (inf when Q is not truncated)."""
+        if self.q_threshold is None:
+            return math.inf
+        return float(gamma_law.ppf(self.q_threshold, self.shape))
+
+    # -- the ratio m(t) = q / p ------------------------------------------------------------
+    @cached_property
+    def _log_m_affine(self) -> tuple[float, float]:
+        """ln m(t) = A - B t for the smaller-sigma Q (same k): normalisers and exponents."""
+        ratio = self.sigma / self.q_sigma  # type: ignore[operator]
+        return (self.d - 2.0 * self.k) * math.log(ratio), ratio**2 - 1.0
+
+    def m(self, t: np.ndarray) -> np.ndarray:
+        """q(z) / p(z) as a function of P's radial t."""
+        if self.q_threshold is not None:
+            return np.where(t <= self.t_cut, 1.0 / self.q_threshold, 0.0)
+        a, b = self._log_m_affine
+        return np.exp(np.minimum(a - b * t, 700.0))
+
+    def psi(self, t: np.ndarray, ell: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """Psi(t) = phi(t) - ell - ln(1 + mu m(t)); +inf where lambda1 p + lambda2 q <= 0."""
+        if self.q_sigma is None and self.q_threshold is None:
+            return phi(t, self.k) - ell
+        g = 1.0 + mu * self.m(t)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(g > 0, phi(t, self.k) - ell - np.log(np.where(g > 0, g, 1.0)), np.inf)
+
+    # -- region probabilities under P and Q (radial variable = ||z||) ----------------------
+    def centred_mass(
+        self, t: np.ndarray, w: np.ndarray, rho: np.ndarray, ell: np.ndarray, mu: np.ndarray, grad: bool = False
+    ):
+        """Mass of R under the law with radial nodes (t, w): sum_i w_i Pr_c[t_shifted > phi^-1(Psi(t_i))].
+
+        rho = r / scale. With grad, also d/d ell and d/d mu of that mass.
+        """
+        psi = self.psi(t, ell, mu)
+        tau = phi_inv(psi, self.k)
+        sq = np.sqrt(t)
+        with np.errstate(invalid="ignore"):
+            cstar = np.where(np.isinf(tau), -np.inf, ((t - tau) + rho**2) / (2.0 * sq * rho))
+        x = 0.5 * (1.0 + cstar)
+        mass = np.sum(w * beta_cdf(x, self.beta), axis=-1)
+        if not grad:
+            return mass
+        # dc*/dPsi = -1 / (phi'(tau) 2 sqrt(t) rho); dPsi/d ell = -1, dPsi/d mu = -m / (1 + mu m)
+        dens = np.where(np.isinf(tau), 0.0, beta_pdf(x, self.beta))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dc_dpsi = np.where(np.isinf(tau), 0.0, -1.0 / ((1.0 + self.k / tau) * 2.0 * sq * rho))
+        base = 0.5 * dens * dc_dpsi
+        d_ell = np.sum(w * base * -1.0, axis=-1)
+        if self.q_sigma is None and self.q_threshold is None:
+            return mass, d_ell, np.zeros_like(d_ell)
+        m = self.m(t)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dpsi_dmu = np.where(np.isinf(tau), 0.0, -m / (1.0 + mu * m))
+        d_mu = np.sum(w * base * dpsi_dmu, axis=-1)
+        return mass, d_ell, d_mu
+
+    def p_mass(self, rho, ell, mu=0.0, grad: bool = False):
+        t, w = self.p_nodes
+        return self.centred_mass(t, w, np.asarray(rho)[..., None], np.asarray(ell)[..., None],
+                                 np.asarray(mu)[..., None], grad)
+
+    def q_mass(self, rho, ell, mu=0.0, grad: bool = False):
+        t, w = self.q_nodes
+        return self.centred_mass(t, w, np.asarray(rho)[..., None], np.asarray(ell)[..., None],
+                                 np.asarray(mu)[..., None], grad)
+
+    # -- region probability under the shifted P (radial variable = ||z - delta||) -----------
+    def shifted_mass(self, rho, ell, mu=0.0) -> np.ndarray:
+        """P_delta(R) = E_{t_v}[ Pr_c'(Psi(t_u) < phi(t_v)) ], t_u = t_v + rho^2 + 2 sqrt(t_v) rho c'."""
+        t, w = self.p_nodes
+        rho = np.asarray(rho, dtype=float)[..., None]
+        ell = np.asarray(ell, dtype=float)[..., None]
+        mu = np.asarray(mu, dtype=float)[..., None]
+        level = phi(t, self.k)
+        sq = np.sqrt(t)
+
+        def cos_of(tu: np.ndarray) -> np.ndarray:
+            with np.errstate(invalid="ignore"):
+                return np.where(np.isposinf(tu), np.inf, (tu - t - rho**2) / (2.0 * sq * rho))
+
+        def interval(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+            c_lo, c_hi = cos_of(lo), cos_of(hi)
+            pr = beta_cdf(0.5 * (1.0 + c_hi), self.beta) - beta_cdf(0.5 * (1.0 + c_lo), self.beta)
+            return np.where(hi > lo, np.maximum(pr, 0.0), 0.0)
+
+        zeros = np.zeros(np.broadcast_shapes(level.shape, ell.shape, mu.shape, rho.shape))
+        if self.q_sigma is None and self.q_threshold is None:
+            hi = phi_inv(level + ell, self.k) + zeros
+            return np.sum(w * interval(zeros - np.inf, hi), axis=-1)
+        if self.q_threshold is not None:
+            # Psi is phi - ln(kappa1) inside the ball, phi - ln(kappa2) outside: two intervals
+            g_in = 1.0 + mu / self.q_threshold + zeros
+            with np.errstate(divide="ignore", invalid="ignore"):
+                hi_in = np.where(g_in > 0, phi_inv(level + ell + np.log(np.where(g_in > 0, g_in, 1.0)), self.k), -np.inf)
+            hi_out = phi_inv(level + ell, self.k) + zeros
+            inner = interval(zeros - np.inf, np.minimum(hi_in, self.t_cut))
+            outer = interval(zeros + self.t_cut, hi_out)
+            return np.sum(w * (inner + outer), axis=-1)
+        total = np.zeros(zeros.shape)
+        for lo, hi in self._sublevel_smaller_sigma(level + zeros, float(np.ravel(ell)[0]), float(np.ravel(mu)[0])):
+            total = total + interval(lo, hi)
+        return np.sum(w * total, axis=-1)
+
+    def _sublevel_smaller_sigma(self, level: np.ndarray, ell: float, mu: float, grid: int = 4000, iters: int = 80):
+        """{t : Psi(t) < level} for the smaller-sigma Q, as disjoint intervals [(lo, hi), ...].
+
+        Psi need not be monotone (mu < 0 mixes an increasing and a decreasing term), so its monotone
+        pieces are found from the sign of Psi' on a dense grid, each turning point refined by
+        bisection; on each piece the sublevel set is one interval, found by bisection per level.
+        """
+        a, b = self._log_m_affine
+        t0 = 0.0
+        if mu < 0 and a + math.log(-mu) > 0:
+            t0 = (a + math.log(-mu)) / b  # kappa <= 0 below t0: no point of R there
+        t_top = max(float(self.p_nodes[0].max()), float(level.max()) + 1.0)
+        if mu < 0:
+            t_top = max(t_top, (a + math.log(-mu * b * 4.0 + 1.0)) / b + 10.0)
+        t_top *= 4.0
+        floor = max(t0 * (1.0 + 1e-12), 1e-300) if t0 > 0 else 1e-12 * t_top
+        ts = np.geomspace(floor, t_top, grid)
+
+        def dpsi(t):
+            m = self.m(t)
+            g = 1.0 + mu * m
+            return 1.0 + self.k / t + mu * m * b / np.where(g > 0, g, 1e-300)
+
+        sign = dpsi(ts) > 0
+        turns = [floor]
+        for i in np.nonzero(sign[1:] != sign[:-1])[0]:
+            lo_t, hi_t = ts[i], ts[i + 1]
+            up = bool(sign[i + 1])  # dpsi rises through 0 there: a minimum
+            for _ in range(iters):
+                mid = 0.5 * (lo_t + hi_t)
+                if (dpsi(mid) > 0) == up:
+                    hi_t = mid
+                else:
+                    lo_t = mid
+            turns.append(0.5 * (lo_t + hi_t))
+        turns.append(math.inf)
+        pieces = []
+        for left, right in zip(turns[:-1], turns[1:]):
+            probe = left * 1.5 if math.isinf(right) else 0.5 * (left + right)
+            increasing = bool(dpsi(np.asarray(probe)) > 0)
+            psi_left = float(self.psi(np.asarray(left), ell, mu))
+            if left == floor and t0 == 0.0:
+                psi_left = -np.inf if self.k > 0 else float(self.psi(np.asarray(0.0), ell, mu))
+            right_end = _grow_until(lambda t: self.psi(t, ell, mu) - level, np.asarray(left), np.asarray(left) * 2.0 + 1.0) \
+                if math.isinf(right) else np.full_like(level, right)
+            f = (lambda t: self.psi(t, ell, mu) - level) if increasing else (lambda t: level - self.psi(t, ell, mu))
+            x = _bisect(f, np.full_like(level, left), right_end, iters)
+            if increasing:
+                inside = level > psi_left
+                start = 0.0 if left == floor and t0 == 0.0 else left
+                pieces.append((np.where(inside, start, 0.0), np.where(inside, x, 0.0)))
+            else:
+                psi_right = self.psi(right_end, ell, mu)
+                inside = level > psi_right
+                pieces.append((np.where(inside, x, 0.0), np.where(inside, right_end, 0.0)))
+        return pieces
+
+
+def _bisect(f, lo: np.ndarray, hi: np.ndarray, iters: int) -> np.ndarray:
+    """Vectorised bisection for an increasing f with f(lo) <= 0 <= f(hi); returns the midpoint."""
+    lo = np.array(lo, dtype=float, copy=True)
+    hi = np.array(hi, dtype=float, copy=True)
+    lo, hi = np.broadcast_arrays(lo, hi)
+    lo, hi = lo.copy(), hi.copy()
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        with np.errstate(invalid="ignore"):
+            up = f(mid) > 0
+        hi = np.where(up, mid, hi)
+        lo = np.where(up, lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _grow_until(f, start: np.ndarray, guess: np.ndarray) -> np.ndarray:
+    """An upper point where the increasing f is positive, doubling from ``guess``."""
+    hi = np.maximum(guess, start + 1.0)
+    for _ in range(60):
+        with np.errstate(invalid="ignore"):
+            bad = ~(f(hi) > 0)
+        if not np.any(bad):
+            break
+        hi = np.where(bad, hi * 2.0, hi)
+    return hi
