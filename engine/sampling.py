@@ -27,7 +27,7 @@ def model_device(model: Classifier, default: torch.device | str = "cpu") -> torc
 def model_dtype(model: Classifier, default: torch.dtype = torch.float32) -> torch.dtype:
     """Floating dtype the model computes in (its first floating parameter), else ``default``."""
     if isinstance(model, torch.nn.Module):
-        for tensor in model.parameters():
+        for tensor in (*model.parameters(), *model.buffers()):
             if tensor.is_floating_point():
                 return tensor.dtype
     return default

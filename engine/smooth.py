@@ -1,0 +1,199 @@
+"""The smoothed classifier g(x) = argmax_c Pr_e[F(x + e) = c]: PREDICT and CERTIFY.
+
+Neyman-Pearson certification (Cohen et al. 2019), optionally with input-specific sample sizes
+(Chen et al. 2022), and DSRS (Li et al. 2022) with a second sampling distribution Q. The class
+only composes the pure pieces: ``count_votes`` for sampling, ``engine.bounds`` for confidence
+intervals and ``engine.radius`` for radii.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+
+from engine.bounds import (
+    binomial_abstain,
+    clopper_pearson,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    split_alpha,
+)
+from engine.noise import Noise
+from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
+from engine.sampling import Classifier, count_votes, make_generator, model_device
+from engine.schedule import SampleSchedule
+
+ABSTAIN = -1
+Method = Literal["np", "dsrs"]
+
+
+@dataclass(frozen=True)
+class CertifyResult:
+    """One input's certificate: ``prediction`` is -1 on abstention (then ``radius`` is 0).
+
+    ``p_lower``/``p_upper`` bound pA under P and ``q_lower``/``q_upper`` under Q (None for NP, or when
+    DSRS did not sample Q); ``samples`` counts every forward pass, the n0 selection draws included.
+    """
+
+    prediction: int
+    radius: float
+    p_lower: float
+    p_upper: float
+    q_lower: float | None
+    q_upper: float | None
+    samples: int
+    seconds: float
+    method: str
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+    def to_dict(self) -> CertifyResult:
+        return asdict(self)
+
+
+def top_two(counts: torch.Tensor) -> tuple[int, int, int]:
+    """(top class, its count, runner-up count); ties broken towards the lower class index."""
+    values, classes = torch.topk(counts, k=min(2, counts.numel()))
+    second = int(values[1]) if values.numel() > 1 else 0
+    return int(classes[0]), int(values[0]), second
+
+
+class SmoothedClassifier:
+    """Randomized smoothing of ``model`` (a batch in the [0, 1] input scale -> logits) under ``noise``."""
+
+    def __init__(self, model: Classifier, num_classes: int, noise: Noise) -> None:
+        if noise.threshold is not None:
+            raise ValueError("the smoothing distribution P must not be truncated; truncation is DSRS's Q")
+        self.model = model
+        self.num_classes = int(num_classes)
+        self.noise = noise
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def _generator(self, generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+        return generator if generator is not None else make_generator(seed, self.device)
+
+    def _votes(self, x: torch.Tensor, noise: Noise, n: int, batch_size: int,
+               generator: torch.Generator | None) -> torch.Tensor:
+        return count_votes(self.model, x, noise, n, self.num_classes, batch_size, generator=generator)
+
+    def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int, *,
+                generator: torch.Generator | None = None, seed: int | None = None) -> int:
+        """Cohen et al. 2019, Alg. 1 PREDICT: the top class, or -1 unless a two-sided binomial test of
+        the top two counts at p = 1/2 rejects at level alpha (wrong with probability <= alpha)."""
+        counts = self._votes(x, self.noise, n, batch_size, self._generator(generator, seed))
+        top, n_top, n_second = top_two(counts)
+        return ABSTAIN if binomial_abstain(n_top, n_second, alpha) else top
+
+    def certify(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        *,
+        method: Method = "np",
+        schedule: SampleSchedule | None = None,
+        q_sigma: float | None = None,
+        q_threshold: float | Literal["auto"] | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> CertifyResult:
+        """Certify one input (C, H, W): a class and an L2 radius valid with probability >= 1 - alpha.
+
+        ``method="np"``: Cohen et al. 2019, Alg. 1 CERTIFY; with ``schedule`` the n0 pilot also sets
+        the estimation size (ISS). ``method="dsrs"``: Li et al. 2022, n split evenly between P and Q.
+        """
+        start = time.perf_counter()
+        gen = self._generator(generator, seed)
+        if method == "np":
+            result = self._certify_np(x, n0, n, alpha, batch_size, schedule, gen)
+        elif method == "dsrs":
+            if schedule is not None:
+                raise ValueError("sample-size schedules are for method='np'")
+            result = self._certify_dsrs(x, n0, n, alpha, batch_size, q_sigma, q_threshold, gen)
+        else:
+            raise ValueError(f"unknown method {method!r}: use 'np' or 'dsrs'")
+        return replace(result, seconds=time.perf_counter() - start)
+
+    # -- the two certificates ---------------------------------------------------------------------
+    def _np_radius(self, p_lower: float, d: int) -> float:
+        return np_radius(p_lower, sigma=self.noise.sigma, noise=self.noise.kind, d=d, k=self.noise.k)
+
+    def _select(self, x: torch.Tensor, n0: int, batch_size: int,
+                gen: torch.Generator | None) -> tuple[int, torch.Tensor]:
+        # selection draws only pick cA; estimates always use fresh draws (Cohen et al. 2019, Sec. 3.2.2)
+        counts0 = self._votes(x, self.noise, n0, batch_size, gen)
+        return top_two(counts0)[0], counts0
+
+    def _np_result(self, c_a: int, successes: int, trials: int, alpha: float, d: int, samples: int,
+                   method: str) -> CertifyResult:
+        """One-sided CP lower bound at alpha, then Cohen's abstain-or-radius rule."""
+        p_lower = float(clopper_pearson_lower(successes, trials, alpha))
+        p_upper = float(clopper_pearson_upper(successes, trials, alpha))
+        abstain = p_lower < 0.5
+        return CertifyResult(prediction=ABSTAIN if abstain else c_a,
+                             radius=0.0 if abstain else self._np_radius(p_lower, d),
+                             p_lower=p_lower, p_upper=p_upper, q_lower=None, q_upper=None,
+                             samples=samples, seconds=0.0, method=method)
+
+    def _certify_np(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
+                    schedule: SampleSchedule | None, gen: torch.Generator | None) -> CertifyResult:
+        c_a, counts0 = self._select(x, n0, batch_size, gen)
+        if schedule is not None:
+            # the pilot only chooses how many fresh samples to draw, so the certificate stays at alpha
+            pilot_low, pilot_high = clopper_pearson(int(counts0[c_a]), n0, alpha)
+            n = int(schedule.sample_size(float(pilot_low), float(pilot_high)))
+        n_a = int(self._votes(x, self.noise, n, batch_size, gen)[c_a])
+        return self._np_result(c_a, n_a, n, alpha, x.numel(), n0 + n, "np")
+
+    def _check_q(self, q_sigma: float | None, q_threshold: float | Literal["auto"] | None) -> None:
+        if (q_sigma is None) == (q_threshold is None):
+            raise ValueError("DSRS needs exactly one of q_sigma (smaller-sigma Q) or q_threshold (truncated Q)")
+        if q_sigma is not None and not 0 < q_sigma < self.noise.sigma:
+            raise ValueError(f"q_sigma must be in (0, sigma={self.noise.sigma}), got {q_sigma}")
+        if q_threshold is not None and q_threshold != "auto" and not 0 < float(q_threshold) < 1:
+            raise ValueError(f"q_threshold must be in (0, 1) or 'auto', got {q_threshold!r}")
+
+    def _q_noise(self, p_lower: float, q_sigma: float | None,
+                 q_threshold: float | Literal["auto"] | None) -> tuple[Noise, float | None, float | None]:
+        if q_sigma is not None:
+            return self.noise.scaled(q_sigma), float(q_sigma), None
+        threshold = dsrs_threshold_heuristic(p_lower) if q_threshold == "auto" else float(q_threshold)
+        return self.noise.truncated(threshold), None, threshold
+
+    def _certify_dsrs(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
+                      q_sigma: float | None, q_threshold: float | Literal["auto"] | None,
+                      gen: torch.Generator | None) -> CertifyResult:
+        self._check_q(q_sigma, q_threshold)
+        d = x.numel()
+        c_a, _ = self._select(x, n0, batch_size, gen)
+        n_p, n_q = n // 2, n - n // 2
+        alpha_each = split_alpha(alpha, 2)
+        k_p = int(self._votes(x, self.noise, n_p, batch_size, gen)[c_a])
+        p_lower, p_upper = (float(v) for v in clopper_pearson(k_p, n_p, alpha_each))
+        if k_p == n_p:
+            # every P vote for cA: Q cannot tighten anything, so spend its budget on P (Li et al. 2022, App. E)
+            k_pool = k_p + int(self._votes(x, self.noise, n_q, batch_size, gen)[c_a])
+            return self._np_result(c_a, k_pool, n, alpha, d, n0 + n, "dsrs")
+        if p_lower <= 0.5:
+            # no radius is possible whatever Q shows, so its samples would be wasted
+            return CertifyResult(prediction=ABSTAIN, radius=0.0, p_lower=p_lower, p_upper=p_upper, q_lower=None,
+                                 q_upper=None, samples=n0 + n_p, seconds=0.0, method="dsrs")
+        q_noise, sigma_q, threshold = self._q_noise(p_lower, q_sigma, q_threshold)
+        k_q = int(self._votes(x, q_noise, n_q, batch_size, gen)[c_a])
+        q_lower, q_upper = (float(v) for v in clopper_pearson(k_q, n_q, alpha_each))
+        radius = dsrs_radius((p_lower, p_upper), (q_lower, q_upper), d=d, k=self.noise.k,
+                             sigma=self.noise.sigma, q_sigma=sigma_q, q_threshold=threshold)
+        return CertifyResult(prediction=c_a, radius=float(radius), p_lower=p_lower, p_upper=p_upper,
+                             q_lower=q_lower, q_upper=q_upper, samples=n0 + n, seconds=0.0, method="dsrs")

@@ -1,0 +1,161 @@
+import math
+
+import pytest
+import torch
+from scipy.stats import binom, chi2, norm
+
+from engine.bounds import clopper_pearson
+from engine.noise import Gaussian, GeneralizedGaussian
+from engine.radius import np_radius
+from engine.schedule import ISSSchedule
+from engine.smooth import ABSTAIN, SmoothedClassifier
+from tests.engine.exact_models import CallCounter, Constant, LinearBinary, RadialBinary
+
+SIGMA = 0.5
+
+
+def linear_case(p_a: float, d: int = 16, seed: int = 0) -> tuple[LinearBinary, torch.Tensor]:
+    """A linear classifier and an input (1, 4, 4) at which its smoothed pA is exactly ``p_a``."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=g)
+    x = torch.rand(1, 4, 4, generator=g)
+    margin = SIGMA * float(w.norm()) * norm.ppf(p_a)  # pA = Phi(margin / (sigma ||w||))
+    b = margin - float(x.flatten() @ w)
+    return LinearBinary(w, b), x
+
+
+def tie_model() -> LinearBinary:
+    w = torch.zeros(16)
+    w[0] = 1.0
+    return LinearBinary(w, 0.0)  # at x = 0 each class has probability exactly 1/2
+
+
+def test_np_certificates_are_sound_against_the_exact_radius():
+    # Cohen et al. Thm. 1 + CP: a certified radius above the true one happens with probability <= alpha
+    runs, n, alpha = 1000, 200, 0.1
+    model, x = linear_case(0.85)
+    true_radius = model.true_radius(x)
+    smooth = SmoothedClassifier(model, 2, Gaussian(SIGMA))
+    failures = 0
+    for seed in range(runs):
+        r = smooth.certify(x, 20, n, alpha, 256, seed=seed)
+        if r.prediction != ABSTAIN and (r.prediction != 1 or r.radius > true_radius):
+            failures += 1
+    # a binomial upper quantile: at a true failure rate of alpha this is exceeded with probability 1e-3
+    assert failures <= binom.ppf(0.999, runs, alpha)
+    assert failures > 0  # the bound is tight enough to fail sometimes: the check has power
+
+
+def test_np_radius_approaches_the_exact_radius_with_many_samples():
+    model, x = linear_case(0.9, seed=3)
+    true_radius = model.true_radius(x)
+    r = SmoothedClassifier(model, 2, Gaussian(SIGMA)).certify(x, 100, 100_000, 0.001, 20_000, seed=0)
+    assert r.prediction == 1
+    assert 0.95 * true_radius <= r.radius <= true_radius
+    assert r.samples == 100_100 and r.method == "np" and r.q_lower is None
+    assert r.p_lower <= 0.9 <= r.p_upper
+
+
+def test_predict_returns_the_class_or_abstains_on_a_tie():
+    smooth = SmoothedClassifier(tie_model(), 2, Gaussian(SIGMA))
+    x = torch.zeros(1, 4, 4)
+    assert [smooth.predict(x, 1000, 0.001, 500, seed=s) for s in range(5)] == [ABSTAIN] * 5
+    x[0, 0, 0] = 0.5  # pA = Phi(1) = 0.84
+    assert smooth.predict(x, 1000, 0.001, 500, seed=0) == 1
+
+
+@pytest.mark.parametrize("method", ["np", "dsrs"])
+def test_certify_abstains_on_a_tie(method):
+    smooth = SmoothedClassifier(tie_model(), 2, Gaussian(SIGMA))
+    for seed in range(3):
+        r = smooth.certify(torch.zeros(1, 4, 4), 100, 2000, 0.001, 500, method=method, q_sigma=0.4, seed=seed)
+        assert r.prediction == ABSTAIN and r.radius == 0.0 and r.p_lower < 0.5
+
+
+def test_selection_samples_are_never_reused():
+    model = CallCounter(Constant(2, 4))
+    r = SmoothedClassifier(model, 4, Gaussian(SIGMA)).certify(torch.zeros(3, 2, 2), 64, 1000, 0.001, 1000)
+    assert model.batches == [64, 1000] and r.samples == 1064
+
+
+def test_all_votes_for_one_class_give_cohens_maximum_radius():
+    # pA_lower = alpha^(1/n) = 0.99993 and R = 3.81 sigma at n = 100k, alpha = 0.001
+    r = SmoothedClassifier(Constant(1, 3), 3, Gaussian(SIGMA)).certify(torch.zeros(1, 2, 2), 100, 100_000,
+                                                                       0.001, 50_000)
+    assert r.prediction == 1
+    assert r.p_lower == pytest.approx(0.001 ** (1 / 100_000))
+    assert r.radius == pytest.approx(3.81 * SIGMA, abs=0.005)
+
+
+def test_iss_schedule_sets_the_fresh_sample_size_from_the_pilot():
+    schedule = ISSSchedule(SIGMA, 20_000, 0.001, delta=0.05, batch_size=200, grid=201)
+    model = CallCounter(Constant(0, 2))
+    r = SmoothedClassifier(model, 2, Gaussian(SIGMA)).certify(torch.zeros(1, 2, 2), 100, 20_000, 0.001, 200,
+                                                              schedule=schedule)
+    pilot = clopper_pearson(100, 100, 0.001)
+    expected = schedule.sample_size(float(pilot[0]), float(pilot[1]))
+    assert r.samples == 100 + expected and sum(model.batches) == r.samples
+    assert r.p_lower == pytest.approx(0.001 ** (1 / expected))
+    # a clear but uncertain input needs far fewer samples than n_max
+    model, x = linear_case(0.75)
+    r = SmoothedClassifier(model, 2, Gaussian(SIGMA)).certify(x, 100, 20_000, 0.001, 1000, schedule=schedule, seed=1)
+    assert r.prediction == 1 and r.samples < 5000
+
+
+def test_generalized_gaussian_noise_uses_its_own_np_radius():
+    d, k = 16, 4
+    model, x = linear_case(0.8)
+    smooth = SmoothedClassifier(model, 2, GeneralizedGaussian(d, k, SIGMA))
+    r = smooth.certify(x, 50, 4000, 0.001, 4000, seed=0)
+    assert r.prediction == 1
+    assert r.radius == np_radius(r.p_lower, sigma=SIGMA, noise="general_gaussian", d=d, k=k) > 0
+
+
+def radial_smooth(c_over_sigma2: float, d: int = 16) -> tuple[SmoothedClassifier, float]:
+    return SmoothedClassifier(RadialBinary(c_over_sigma2 * SIGMA**2), 2, Gaussian(SIGMA)), c_over_sigma2
+
+
+def test_dsrs_samples_q_from_the_requested_distribution():
+    # F = [||e||^2 <= c] at x = 0: pA and qA are chi-square CDFs, so both intervals can be checked
+    d, c = 16, 20.0
+    p_true = chi2.cdf(c, d)
+    smooth, _ = radial_smooth(c, d)
+    x = torch.zeros(1, 4, 4)
+    r = smooth.certify(x, 100, 20_000, 0.001, 5000, method="dsrs", q_sigma=0.4, seed=0)
+    assert r.prediction == 1 and r.samples == 20_100
+    assert r.p_lower <= p_true <= r.p_upper
+    assert r.q_lower <= chi2.cdf(c * (SIGMA / 0.4) ** 2, d) <= r.q_upper
+    r = smooth.certify(x, 100, 20_000, 0.001, 5000, method="dsrs", q_threshold=0.9, seed=1)
+    assert r.q_lower <= min(1.0, p_true / 0.9) <= r.q_upper
+
+
+def test_dsrs_with_every_p_vote_for_ca_pools_q_budget_into_p():
+    r = SmoothedClassifier(Constant(1, 2), 2, Gaussian(SIGMA)).certify(
+        torch.zeros(1, 4, 4), 100, 20_000, 0.001, 10_000, method="dsrs", q_threshold="auto")
+    assert r.prediction == 1 and r.q_lower is None and r.samples == 20_100
+    assert r.p_lower == pytest.approx(0.001 ** (1 / 20_000))
+    assert r.radius == pytest.approx(SIGMA * norm.ppf(r.p_lower))
+
+
+def test_dsrs_certifies_a_linear_classifier_soundly():
+    model, x = linear_case(0.8, seed=5)
+    smooth = SmoothedClassifier(model, 2, Gaussian(SIGMA))
+    r = smooth.certify(x, 100, 20_000, 0.001, 10_000, method="dsrs", q_threshold="auto", seed=0)
+    assert r.prediction == 1 and r.method == "dsrs"
+    assert 0.8 * model.true_radius(x) < r.radius <= model.true_radius(x)
+    assert r.p_lower <= 0.8 <= r.p_upper and math.isfinite(r.seconds)
+
+
+def test_bad_configurations_are_refused():
+    smooth = SmoothedClassifier(Constant(0, 2), 2, Gaussian(SIGMA))
+    x = torch.zeros(1, 2, 2)
+    with pytest.raises(ValueError):
+        smooth.certify(x, 10, 100, 0.001, 100, method="dsrs")
+    with pytest.raises(ValueError):
+        smooth.certify(x, 10, 100, 0.001, 100, method="dsrs", q_sigma=0.4, q_threshold=0.5)
+    with pytest.raises(ValueError):
+        smooth.certify(x, 10, 100, 0.001, 100, method="dsrs", q_sigma=0.6)
+    with pytest.raises(ValueError):
+        smooth.certify(x, 10, 100, 0.001, 100, method="bayes")
+    with pytest.raises(ValueError):
+        SmoothedClassifier(Constant(0, 2), 2, Gaussian(SIGMA, threshold=0.5))
