@@ -42,46 +42,28 @@ def dsrs_threshold_heuristic(p_lower: float) -> float:
     return min(max(t, 0.01), 0.99)
 
 
-def _dual_bound(setting: RadialSetting, rho: float, ell: float, mu: float, p_lower: float, b2: float) -> float:
-    """The weak-duality lower bound at (ln lambda1, lambda2 / lambda1) = (ell, mu)."""
-    shifted = float(setting.shifted_mass(rho, ell, mu))
-    p = float(setting.p_mass(rho, ell, mu))
-    q = float(setting.q_mass(rho, ell, mu)) if mu != 0.0 else 0.0
-    return shifted - math.exp(ell) * ((p - p_lower) + mu * (q - b2))
+def _dual_bound(setting: RadialSetting, rho: float, ell: float, mu: float, b1: float, b2: float,
+                s1: float = 1.0) -> float:
+    """The weak-duality lower bound at lambda1 = s1 e^ell, lambda2 = mu e^ell (b1: pL if s1 > 0 else pU)."""
+    shifted = float(setting.shifted_mass(rho, ell, mu, s1))
+    p = float(setting.p_mass(rho, ell, mu, s1=s1))
+    q = float(setting.q_mass(rho, ell, mu, s1=s1)) if mu != 0.0 else 0.0
+    return shifted - math.exp(ell) * (s1 * (p - b1) + mu * (q - b2))
 
 
-def dsrs_shifted_lower_bound(
-    setting: RadialSetting, r: float, p_bounds: tuple[float, float], q_bounds: tuple[float, float],
-    newton_iters: int = 30,
-) -> tuple[float, float, float]:
-    """Lower bound on min P_delta(A) over A consistent with both intervals (Li et al. 2022, Thm. 2-3).
-
-    Returns (bound, ell, mu) with the multipliers used. Starts from the NP region (mu = 0): if its
-    Q-probability lies in [qL, qU] the Q fact adds nothing and the NP bound stands; otherwise Newton
-    moves (ell, mu) so that P(R) = pL and Q(R) hits the violated end.
-    """
-    p_lower = p_bounds[0]
-    q_lower, q_upper = q_bounds
-    rho = r / setting.scale
-    ell0 = solve_ell(setting, rho, p_lower)
-    q0 = float(setting.q_mass(rho, ell0, 0.0))
-    np_bound = _dual_bound(setting, rho, ell0, 0.0, p_lower, 0.0)
-    if q_lower <= q0 <= q_upper:
-        return np_bound, ell0, 0.0
-    sign = 1.0 if q0 < q_lower else -1.0
-    b2 = q_lower if sign > 0 else q_upper
-    mu_floor = -setting.q_threshold * (1.0 - 1e-9) if setting.q_threshold is not None else -np.inf
+def _newton(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float, b1: float, b2: float,
+            mu_ok, iters: int) -> tuple[float, float, float]:
+    """Damped Newton on (P(R) - b1, Q(R) - b2) = 0 over (ell, mu), keeping mu_ok(mu). Returns (ell, mu, residual)."""
 
     def residual(ell: float, mu: float):
-        p, p_ell, p_mu = setting.p_mass(rho, ell, mu, grad=True)
-        q, q_ell, q_mu = setting.q_mass(rho, ell, mu, grad=True)
-        return np.array([float(p) - p_lower, float(q) - b2]), np.array([[p_ell, p_mu], [q_ell, q_mu]], dtype=float)
+        p, p_ell, p_mu = setting.p_mass(rho, ell, mu, grad=True, s1=s1)
+        q, q_ell, q_mu = setting.q_mass(rho, ell, mu, grad=True, s1=s1)
+        return np.array([float(p) - b1, float(q) - b2]), np.array([[p_ell, p_mu], [q_ell, q_mu]], dtype=float)
 
-    ell, mu = ell0, 0.0
     f, jac = residual(ell, mu)
-    for _ in range(newton_iters):
+    for _ in range(iters):
         norm = float(np.abs(f).max())
-        if norm < 1e-13:
+        if not math.isfinite(norm) or norm < 1e-13:
             break
         try:
             step = np.linalg.solve(jac, -f)
@@ -89,11 +71,10 @@ def dsrs_shifted_lower_bound(
             break
         if not np.all(np.isfinite(step)):
             break
-        t = 1.0
-        improved = False
-        for _ in range(30):  # damped Newton, mu kept on its side of zero and in its domain
+        t, improved = 1.0, False
+        for _ in range(30):
             new_ell, new_mu = ell + t * step[0], mu + t * step[1]
-            if sign * new_mu >= 0 and new_mu > mu_floor:
+            if mu_ok(new_mu):
                 new_f, new_jac = residual(new_ell, new_mu)
                 if float(np.abs(new_f).max()) < norm:
                     improved = True
@@ -102,10 +83,68 @@ def dsrs_shifted_lower_bound(
         if not improved:
             break
         ell, mu, f, jac = new_ell, new_mu, new_f, new_jac
-    bound = _dual_bound(setting, rho, ell, mu, p_lower, b2)
-    if not math.isfinite(bound) or bound <= np_bound:
-        return np_bound, ell0, 0.0
-    return bound, ell, mu
+    return ell, mu, float(np.abs(f).max())
+
+
+def dsrs_shifted_lower_bound(
+    setting: RadialSetting, r: float, p_bounds: tuple[float, float], q_bounds: tuple[float, float],
+    newton_iters: int = 30,
+) -> tuple[float, float, float, float]:
+    """Lower bound on min P_delta(A) over A consistent with both intervals (Li et al. 2022, Thm. 2-3).
+
+    Returns (bound, ell, mu, s1): the multipliers lambda1 = s1 e^ell, lambda2 = mu e^ell used (mu = inf
+    marks the face lambda1 = 0 with ell = ln lambda2). Starts from the NP region (mu = 0): if its
+    Q-probability lies in [qL, qU] the Q fact adds nothing and the NP bound stands. Otherwise Newton
+    moves the multipliers so that Q(R) meets the violated end and P(R) meets pL; when that drifts
+    to lambda1 -> 0, the face lambda1 = 0 and then P's upper bound (lambda1 < 0) are tried. Every
+    candidate is a valid bound; the largest is returned.
+    """
+    p_lower, p_upper = p_bounds
+    q_lower, q_upper = q_bounds
+    rho = r / setting.scale
+    ell0 = solve_ell(setting, rho, p_lower)
+    q0 = float(setting.q_mass(rho, ell0, 0.0))
+    candidates = [(_dual_bound(setting, rho, ell0, 0.0, p_lower, 0.0), ell0, 0.0, 1.0)]
+    if q_lower <= q0 <= q_upper:
+        return candidates[0]
+    if q0 > q_upper:  # lambda2 < 0: Q(R) must come down to qU
+        floor = -setting.q_threshold * (1.0 - 1e-9) if setting.q_threshold is not None else -np.inf
+        ell, mu, res = _newton(setting, rho, ell0, 0.0, 1.0, p_lower, q_upper, lambda m: floor < m <= 0, newton_iters)
+        candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_upper), ell, mu, 1.0))
+    else:  # lambda2 > 0: Q(R) must rise to qL
+        ell, mu, res = _newton(setting, rho, ell0, 0.0, 1.0, p_lower, q_lower, lambda m: m >= 0, newton_iters)
+        candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_lower), ell, mu, 1.0))
+        if res > 1e-9:
+            face = pure_q_bound(setting, rho, q_lower)
+            candidates.append(face)
+            gamma = face[1]
+            if math.isfinite(face[0]) and setting.pure_q_centred_mass(rho, gamma, under_p=True) > p_upper:
+                # P's upper bound binds: lambda1 < 0; Newton from points near the face (mu m >> 1)
+                for big in (30.0, 1e3, 1e6):
+                    ell, mu, res = _newton(setting, rho, gamma - math.log(big), big, -1.0, p_upper, q_lower,
+                                           lambda m: m > 0, newton_iters)
+                    candidates.append((_dual_bound(setting, rho, ell, mu, p_upper, q_lower, -1.0), ell, mu, -1.0))
+                    if res < 1e-9:
+                        break
+    return max((c for c in candidates if math.isfinite(c[0])), key=lambda c: c[0])
+
+
+def pure_q_bound(setting: RadialSetting, rho: float, q_lower: float, iters: int = 100) -> tuple[float, float, float, float]:
+    """The dual bound on the face lambda1 = 0: P_delta(R) - lambda2 (Q(R) - qL), R = {p_delta < lambda2 q},
+    with ln lambda2 = gamma chosen by bisection so that Q(R) = qL. Returned as (bound, gamma, inf, 0)."""
+    lo, hi = -50.0, 50.0
+    if setting.pure_q_masses(rho, lo)[0] > q_lower or setting.pure_q_masses(rho, hi)[0] < q_lower:
+        return -math.inf, 0.0, math.inf, 0.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if setting.pure_q_masses(rho, mid)[0] > q_lower:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-13:
+            break
+    q, shifted = setting.pure_q_masses(rho, lo)
+    return shifted - math.exp(lo) * (q - q_lower), lo, math.inf, 0.0
 
 
 def dsrs_radius(
@@ -159,8 +198,8 @@ def _dsrs_radius(p_lower: float, p_upper: float, q_lower: float, q_upper: float,
     for _ in range(40):
         if r <= r_np:
             return r_np
-        bound, ell, mu = dsrs_shifted_lower_bound(setting, r, bounds_p, bounds_q)
-        if bound - quadrature_error(setting, coarse, r, ell, mu) >= 0.5:
+        bound, ell, mu, s1 = dsrs_shifted_lower_bound(setting, r, bounds_p, bounds_q)
+        if bound - quadrature_error(setting, coarse, r, ell, mu, s1) >= 0.5:
             return float(r)
         r -= max(1e-6, 1e-4 * r)
     return r_np

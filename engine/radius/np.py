@@ -71,14 +71,19 @@ def np_shifted_lower_bound(setting: RadialSetting, r: float, p_lower: float) -> 
     return bound, ell
 
 
-def quadrature_error(setting: RadialSetting, coarse: RadialSetting, r: float, ell: float, mu: float = 0.0) -> float:
+def quadrature_error(setting: RadialSetting, coarse: RadialSetting, r: float, ell: float, mu: float = 0.0,
+                     s1: float = 1.0) -> float:
     """Error allowance of the dual bound: differences between the fine and the coarse rule, summed with
     the weights (1, lambda1, |lambda2|) with which each integral enters the bound."""
     rho = r / setting.scale
-    err = abs(float(setting.shifted_mass(rho, ell, mu)) - float(coarse.shifted_mass(rho, ell, mu)))
-    err += math.exp(ell) * abs(float(setting.p_mass(rho, ell, mu)) - float(coarse.p_mass(rho, ell, mu)))
+    if math.isinf(mu):  # the lambda1 = 0 face: ell is ln lambda2
+        (q_f, s_f), (q_c, s_c) = setting.pure_q_masses(rho, ell), coarse.pure_q_masses(rho, ell)
+        return abs(s_f - s_c) + math.exp(ell) * abs(q_f - q_c)
+    err = abs(float(setting.shifted_mass(rho, ell, mu, s1)) - float(coarse.shifted_mass(rho, ell, mu, s1)))
+    err += math.exp(ell) * abs(float(setting.p_mass(rho, ell, mu, s1=s1)) - float(coarse.p_mass(rho, ell, mu, s1=s1)))
     if mu != 0.0:
-        err += math.exp(ell) * abs(mu) * abs(float(setting.q_mass(rho, ell, mu)) - float(coarse.q_mass(rho, ell, mu)))
+        err += math.exp(ell) * abs(mu) * abs(float(setting.q_mass(rho, ell, mu, s1=s1))
+                                            - float(coarse.q_mass(rho, ell, mu, s1=s1)))
     return err
 
 

@@ -154,23 +154,27 @@ class RadialSetting:
         a, b = self._log_m_affine
         return np.exp(np.minimum(a - b * t, 700.0))
 
-    def psi(self, t: np.ndarray, ell: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        """Psi(t) = phi(t) - ell - ln(1 + mu m(t)); +inf where lambda1 p + lambda2 q <= 0."""
+    def psi(self, t: np.ndarray, ell: np.ndarray, mu: np.ndarray, s1: float = 1.0) -> np.ndarray:
+        """Psi(t) = phi(t) - ell - ln(s1 + mu m(t)); +inf where lambda1 p + lambda2 q <= 0.
+
+        lambda1 = s1 e^ell (s1 = -1 when P's upper bound binds), lambda2 = mu e^ell.
+        """
         if self.q_sigma is None and self.q_threshold is None:
             return phi(t, self.k) - ell
-        g = 1.0 + mu * self.m(t)
+        g = s1 + mu * self.m(t)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(g > 0, phi(t, self.k) - ell - np.log(np.where(g > 0, g, 1.0)), np.inf)
 
     # -- region probabilities under P and Q (radial variable = ||z||) ----------------------
     def centred_mass(
-        self, t: np.ndarray, w: np.ndarray, rho: np.ndarray, ell: np.ndarray, mu: np.ndarray, grad: bool = False
+        self, t: np.ndarray, w: np.ndarray, rho: np.ndarray, ell: np.ndarray, mu: np.ndarray, grad: bool = False,
+        s1: float = 1.0,
     ):
         """Mass of R under the law with radial nodes (t, w): sum_i w_i Pr_c[t_shifted > phi^-1(Psi(t_i))].
 
         rho = r / scale. With grad, also d/d ell and d/d mu of that mass.
         """
-        psi = self.psi(t, ell, mu)
+        psi = self.psi(t, ell, mu, s1)
         tau = phi_inv(psi, self.k)
         sq = np.sqrt(t)
         with np.errstate(invalid="ignore"):
@@ -189,22 +193,22 @@ class RadialSetting:
             return mass, d_ell, np.zeros_like(d_ell)
         m = self.m(t)
         with np.errstate(invalid="ignore", divide="ignore"):
-            dpsi_dmu = np.where(np.isinf(tau), 0.0, -m / (1.0 + mu * m))
+            dpsi_dmu = np.where(np.isinf(tau), 0.0, -m / (s1 + mu * m))
         d_mu = np.sum(w * base * dpsi_dmu, axis=-1)
         return mass, d_ell, d_mu
 
-    def p_mass(self, rho, ell, mu=0.0, grad: bool = False):
+    def p_mass(self, rho, ell, mu=0.0, grad: bool = False, s1: float = 1.0):
         t, w = self.p_nodes
         return self.centred_mass(t, w, np.asarray(rho)[..., None], np.asarray(ell)[..., None],
-                                 np.asarray(mu)[..., None], grad)
+                                 np.asarray(mu)[..., None], grad, s1)
 
-    def q_mass(self, rho, ell, mu=0.0, grad: bool = False):
+    def q_mass(self, rho, ell, mu=0.0, grad: bool = False, s1: float = 1.0):
         t, w = self.q_nodes
         return self.centred_mass(t, w, np.asarray(rho)[..., None], np.asarray(ell)[..., None],
-                                 np.asarray(mu)[..., None], grad)
+                                 np.asarray(mu)[..., None], grad, s1)
 
     # -- region probability under the shifted P (radial variable = ||z - delta||) -----------
-    def shifted_mass(self, rho, ell, mu=0.0) -> np.ndarray:
+    def shifted_mass(self, rho, ell, mu=0.0, s1: float = 1.0) -> np.ndarray:
         """P_delta(R) = E_{t_v}[ Pr_c'(Psi(t_u) < phi(t_v)) ], t_u = t_v + rho^2 + 2 sqrt(t_v) rho c'."""
         t, w = self.p_nodes
         rho = np.asarray(rho, dtype=float)[..., None]
@@ -228,19 +232,20 @@ class RadialSetting:
             return np.sum(w * interval(zeros - np.inf, hi), axis=-1)
         if self.q_threshold is not None:
             # Psi is phi - ln(kappa1) inside the ball, phi - ln(kappa2) outside: two intervals
-            g_in = 1.0 + mu / self.q_threshold + zeros
+            g_in = s1 + mu / self.q_threshold + zeros
             with np.errstate(divide="ignore", invalid="ignore"):
                 hi_in = np.where(g_in > 0, phi_inv(level + ell + np.log(np.where(g_in > 0, g_in, 1.0)), self.k), -np.inf)
-            hi_out = phi_inv(level + ell, self.k) + zeros
+            hi_out = phi_inv(level + ell, self.k) + zeros if s1 > 0 else zeros - np.inf
             inner = interval(zeros - np.inf, np.minimum(hi_in, self.t_cut))
             outer = interval(zeros + self.t_cut, hi_out)
             return np.sum(w * (inner + outer), axis=-1)
         total = np.zeros(zeros.shape)
-        for lo, hi in self._sublevel_smaller_sigma(level + zeros, float(np.ravel(ell)[0]), float(np.ravel(mu)[0])):
+        for lo, hi in self._sublevel_smaller_sigma(level + zeros, float(np.ravel(ell)[0]), float(np.ravel(mu)[0]), s1):
             total = total + interval(lo, hi)
         return np.sum(w * total, axis=-1)
 
-    def _sublevel_smaller_sigma(self, level: np.ndarray, ell: float, mu: float, grid: int = 4000, iters: int = 80):
+    def _sublevel_smaller_sigma(self, level: np.ndarray, ell: float, mu: float, s1: float = 1.0,
+                                grid: int = 4000, iters: int = 80):
         """{t : Psi(t) < level} for the smaller-sigma Q, as disjoint intervals [(lo, hi), ...].
 
         Psi need not be monotone (mu < 0 mixes an increasing and a decreasing term), so its monotone
@@ -249,6 +254,13 @@ class RadialSetting:
         """
         a, b = self._log_m_affine
         t0 = 0.0
+        if s1 < 0:  # kappa > 0 only where mu m(t) > 1: below t1; Psi rises from -inf (k > 0) to +inf
+            if mu <= 0 or a + math.log(mu) <= 0:
+                return [(np.zeros_like(level), np.zeros_like(level))]
+            t1 = (a + math.log(mu)) / b
+            x = _bisect(lambda t: self.psi(t, ell, mu, s1) - level, np.zeros_like(level) + 1e-300,
+                        np.zeros_like(level) + t1, iters)
+            return [(np.zeros_like(level), x)]
         if mu < 0 and a + math.log(-mu) > 0:
             t0 = (a + math.log(-mu)) / b  # kappa <= 0 below t0: no point of R there
         t_top = max(float(self.p_nodes[0].max()), float(level.max()) + 1.0)
@@ -296,6 +308,38 @@ class RadialSetting:
                 inside = level > psi_right
                 pieces.append((np.where(inside, x, 0.0), np.where(inside, right_end, 0.0)))
         return pieces
+
+
+    # -- the boundary lambda1 = 0: R = {p_delta < lambda2 q}, gamma = ln lambda2 ---------------
+    def pure_q_psi(self, t: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+        """Psi for R = {p_delta < e^gamma q}: phi(t) - gamma - ln m(t) (+inf where q = 0)."""
+        if self.q_threshold is not None:
+            return np.where(t <= self.t_cut, phi(t, self.k) - gamma + math.log(self.q_threshold), np.inf)
+        a, b = self._log_m_affine
+        return phi(t, self.k) - gamma - a + b * t
+
+    def pure_q_centred_mass(self, rho: float, gamma: float, under_p: bool = False) -> float:
+        """Q(R) (or P(R) with under_p) for R = {p_delta < e^gamma q}."""
+        t, w = self.p_nodes if under_p else self.q_nodes
+        tau = phi_inv(self.pure_q_psi(t, gamma), self.k)
+        with np.errstate(invalid="ignore"):
+            cstar = np.where(np.isinf(tau), -np.inf, ((t - tau) + rho**2) / (2.0 * np.sqrt(t) * rho))
+        return float(np.sum(w * beta_cdf(0.5 * (1.0 + cstar), self.beta)))
+
+    def pure_q_masses(self, rho: float, gamma: float) -> tuple[float, float]:
+        """(Q(R), P_delta(R)) for R = {p_delta < e^gamma q} (the dual's lambda1 = 0 face)."""
+        q_mass = self.pure_q_centred_mass(rho, gamma)
+        tv, wv = self.p_nodes
+        level = phi(tv, self.k)
+        if self.q_threshold is not None:
+            hi = np.minimum(self.t_cut, phi_inv(level + gamma - math.log(self.q_threshold), self.k))
+        else:
+            a, b = self._log_m_affine
+            # (1 + b) t + k ln t = level + gamma + a, solved through phi^-1 in s = (1 + b) t
+            hi = phi_inv(level + gamma + a + self.k * math.log1p(b), self.k) / (1.0 + b)
+        c_hi = (hi - tv - rho**2) / (2.0 * np.sqrt(tv) * rho)
+        shifted = float(np.sum(wv * beta_cdf(0.5 * (1.0 + c_hi), self.beta)))
+        return q_mass, shifted
 
 
 def _bisect(f, lo: np.ndarray, hi: np.ndarray, iters: int) -> np.ndarray:
