@@ -1,0 +1,15 @@
+"""Model architectures (a registry of names) and safe checkpoint loading."""
+
+from engine.models import cifar_resnet, cnn  # noqa: F401  (registers the architectures)
+from engine.models.loading import UnsafeModelError, detect_format, load_model
+from engine.models.registry import create_model, list_models, model_config, register_model
+
+__all__ = [
+    "UnsafeModelError",
+    "create_model",
+    "detect_format",
+    "list_models",
+    "load_model",
+    "model_config",
+    "register_model",
+]
