@@ -1,0 +1,121 @@
+import json
+import pathlib
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from engine.cli import app, parse_indices
+from engine.data import load_dataset
+from engine.models import create_model
+
+runner = CliRunner()
+KEYS = {"index", "label", "prediction", "radius", "p_lower", "p_upper", "q_lower", "q_upper", "samples", "seconds",
+        "correct"}
+
+
+def centroid_classifier() -> torch.nn.Module:
+    """Nearest class mean on the digits training split, in closed form: logits x.mu_c - ||mu_c||^2 / 2."""
+    train = load_dataset("digits", split="train")
+    flat = train.x.flatten(1)
+    means = torch.stack([flat[train.y == c].mean(0) for c in range(10)])
+    linear = torch.nn.Linear(64, 10)
+    with torch.no_grad():
+        linear.weight.copy_(means)
+        linear.bias.copy_(-0.5 * means.square().sum(1))
+    return torch.nn.Sequential(torch.nn.Flatten(), linear).eval()
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("models") / "centroid.pt2"
+    program = torch.export.export(centroid_classifier(), (torch.rand(4, 1, 8, 8),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def read_rows(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_certify_np_writes_one_line_per_input_and_a_summary(tmp_path, exported_model):
+    out = tmp_path / "r.jsonl"
+    result = runner.invoke(app, ["certify", str(exported_model), "--dataset", "digits", "--sigma", "0.25",
+                                 "--n0", "50", "--n", "2000", "--alpha", "0.001", "--batch-size", "500",
+                                 "--stride", "10", "--count", "6", "--seed", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out)
+    labels = load_dataset("digits").y
+    assert [r["index"] for r in rows] == [0, 10, 20, 30, 40, 50]
+    for row in rows:
+        assert set(row) == KEYS and row["samples"] == 2050 and row["q_lower"] is None
+        assert row["label"] == int(labels[row["index"]]) and row["correct"] == (row["prediction"] == row["label"])
+        assert (row["prediction"] == -1) == (row["radius"] == 0.0)
+    assert sum(r["correct"] for r in rows) >= 4  # the centroid classifier is ~90% accurate under this noise
+    assert "ACR" in result.output and "abstain rate" in result.output and "certified accuracy" in result.output
+
+
+def test_certify_dsrs_from_a_state_dict_with_arch(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save(create_model("digits_cnn").state_dict(), weights)
+    common = ["certify", str(weights), "--arch", "digits_cnn", "--sigma", "0.5", "--n0", "20", "--n", "800",
+              "--batch-size", "400", "--indices", "0,3-4", "--seed", "1", "--method", "dsrs", "--q-threshold", "auto"]
+    out = tmp_path / "dsrs.jsonl"
+    result = runner.invoke(app, [*common, "--num-classes", "10", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out)
+    assert [r["index"] for r in rows] == [0, 3, 4]
+    # Q is skipped only when P alone already rules out a radius
+    assert all(r["samples"] == 820 or (r["samples"] == 420 and r["prediction"] == -1) for r in rows)
+    result = runner.invoke(app, [*common, "--num-classes", "3", "--out", str(out)])
+    assert result.exit_code == 2 and "error" in result.output and "size mismatch" in result.output
+
+
+def test_certify_dsrs_and_iss(tmp_path, exported_model):
+    common = ["certify", str(exported_model), "--sigma", "0.25", "--n0", "50", "--batch-size", "1000",
+              "--indices", "0,3-4", "--seed", "1"]
+    out = tmp_path / "dsrs.jsonl"
+    result = runner.invoke(app, [*common, "--n", "4000", "--method", "dsrs", "--q-sigma", "0.2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out)
+    assert [r["index"] for r in rows] == [0, 3, 4]
+    for row in rows:
+        if row["prediction"] != -1 and row["p_upper"] < 1:
+            assert row["q_lower"] <= row["q_upper"] and row["radius"] > 0
+    out = tmp_path / "iss.jsonl"
+    result = runner.invoke(app, [*common, "--n", "20000", "--iss-delta", "0.05", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert all(50 + 1000 <= r["samples"] <= 50 + 20000 for r in read_rows(out))
+
+
+def test_unsafe_model_files_are_refused_without_running_them(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"w": Payload()}, path)
+    result = runner.invoke(app, ["certify", str(path), "--arch", "digits_cnn", "--count", "1", "--n", "10",
+                                 "--out", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 2 and "refusing" in result.output
+    assert not marker.exists()
+
+
+def test_bad_options_are_reported(tmp_path, exported_model):
+    out = str(tmp_path / "r.jsonl")
+    result = runner.invoke(app, ["certify", str(exported_model), "--indices", "0,9999", "--out", out])
+    assert result.exit_code != 0 and "outside the dataset" in result.output
+    result = runner.invoke(app, ["certify", str(exported_model), "--method", "dsrs", "--count", "1", "--n", "100",
+                                 "--out", out])
+    assert result.exit_code == 2 and "q_sigma" in result.output
+    result = runner.invoke(app, ["certify", str(exported_model), "--dataset", "cifar", "--out", out])
+    assert result.exit_code == 2 and "unknown dataset" in result.output
+
+
+def test_parse_indices_and_models_command():
+    assert parse_indices("0, 5,10-12", 20) == [0, 5, 10, 11, 12]
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0 and "cifar_resnet110" in result.output
