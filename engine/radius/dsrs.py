@@ -45,6 +45,8 @@ def dsrs_threshold_heuristic(p_lower: float) -> float:
 def _dual_bound(setting: RadialSetting, rho: float, ell: float, mu: float, b1: float, b2: float,
                 s1: float = 1.0) -> float:
     """The weak-duality lower bound at lambda1 = s1 e^ell, lambda2 = mu e^ell (b1: pL if s1 > 0 else pU)."""
+    if not -700.0 < ell < 700.0 or not math.isfinite(mu):
+        return -math.inf  # multipliers out of range: no usable bound
     shifted = float(setting.shifted_mass(rho, ell, mu, s1))
     p = float(setting.p_mass(rho, ell, mu, s1=s1))
     q = float(setting.q_mass(rho, ell, mu, s1=s1)) if mu != 0.0 else 0.0
@@ -88,7 +90,7 @@ def _newton(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float
 
 def dsrs_shifted_lower_bound(
     setting: RadialSetting, r: float, p_bounds: tuple[float, float], q_bounds: tuple[float, float],
-    newton_iters: int = 30,
+    newton_iters: int = 60,
 ) -> tuple[float, float, float, float]:
     """Lower bound on min P_delta(A) over A consistent with both intervals (Li et al. 2022, Thm. 2-3).
 
@@ -120,7 +122,7 @@ def dsrs_shifted_lower_bound(
             gamma = face[1]
             if math.isfinite(face[0]) and setting.pure_q_centred_mass(rho, gamma, under_p=True) > p_upper:
                 # P's upper bound binds: lambda1 < 0; Newton from points near the face (mu m >> 1)
-                for big in (30.0, 1e3, 1e6):
+                for big in (3.0, 30.0, 1e3, 1e6):
                     ell, mu, res = _newton(setting, rho, gamma - math.log(big), big, -1.0, p_upper, q_lower,
                                            lambda m: m > 0, newton_iters)
                     candidates.append((_dual_bound(setting, rho, ell, mu, p_upper, q_lower, -1.0), ell, mu, -1.0))
@@ -190,7 +192,7 @@ def _dsrs_radius(p_lower: float, p_upper: float, q_lower: float, q_upper: float,
     def margin(r: float) -> float:
         try:
             return dsrs_shifted_lower_bound(setting, r, bounds_p, bounds_q)[0] - 0.5 - SEARCH_MARGIN
-        except (FloatingPointError, ValueError, ZeroDivisionError):
+        except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             return -1.0
 
     r = largest_certified_radius(margin, r_np, max(0.05 * sigma, 0.1 * r_np), xtol=1e-6)
