@@ -19,6 +19,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
+from scipy.optimize import brentq
 
 from engine.radius.np import (
     SEARCH_MARGIN,
@@ -74,7 +75,7 @@ def _newton(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float
         if not np.all(np.isfinite(step)):
             break
         t, improved = 1.0, False
-        for _ in range(30):
+        for _ in range(12):
             new_ell, new_mu = ell + t * step[0], mu + t * step[1]
             if mu_ok(new_mu):
                 new_f, new_jac = residual(new_ell, new_mu)
@@ -113,40 +114,36 @@ def dsrs_shifted_lower_bound(
         floor = -setting.q_threshold * (1.0 - 1e-9) if setting.q_threshold is not None else -np.inf
         ell, mu, res = _newton(setting, rho, ell0, 0.0, 1.0, p_lower, q_upper, lambda m: floor < m <= 0, newton_iters)
         candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_upper), ell, mu, 1.0))
-    else:  # lambda2 > 0: Q(R) must rise to qL
-        ell, mu, res = _newton(setting, rho, ell0, 0.0, 1.0, p_lower, q_lower, lambda m: m >= 0, newton_iters)
-        candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_lower), ell, mu, 1.0))
-        if res > 1e-9:
-            face = pure_q_bound(setting, rho, q_lower)
-            candidates.append(face)
-            gamma = face[1]
-            if math.isfinite(face[0]) and setting.pure_q_centred_mass(rho, gamma, under_p=True) > p_upper:
-                # P's upper bound binds: lambda1 < 0; Newton from points near the face (mu m >> 1)
-                for big in (3.0, 30.0, 1e3, 1e6):
-                    ell, mu, res = _newton(setting, rho, gamma - math.log(big), big, -1.0, p_upper, q_lower,
-                                           lambda m: m > 0, newton_iters)
-                    candidates.append((_dual_bound(setting, rho, ell, mu, p_upper, q_lower, -1.0), ell, mu, -1.0))
-                    if res < 1e-9:
-                        break
+    else:  # lambda2 > 0: Q(R) must rise to qL; which face binds is read off the lambda1 = 0 region
+        face = pure_q_bound(setting, rho, q_lower)
+        candidates.append(face)
+        p_face = setting.pure_q_centred_mass(rho, face[1], under_p=True) if math.isfinite(face[0]) else -1.0
+        if p_face < p_lower:  # interior optimum: P's lower bound binds, lambda1 > 0
+            ell, mu, _ = _newton(setting, rho, ell0, 0.0, 1.0, p_lower, q_lower, lambda m: m >= 0, newton_iters)
+            candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_lower), ell, mu, 1.0))
+        elif p_face > p_upper:  # P's upper bound binds: lambda1 < 0; Newton from points near the face
+            for big in (3.0, 30.0, 1e3):
+                ell, mu, res = _newton(setting, rho, face[1] - math.log(big), big, -1.0, p_upper, q_lower,
+                                       lambda m: m > 0, newton_iters)
+                candidates.append((_dual_bound(setting, rho, ell, mu, p_upper, q_lower, -1.0), ell, mu, -1.0))
+                if res < 1e-9:
+                    break
+        # else: the face region itself meets both intervals, so its bound is the optimum
     return max((c for c in candidates if math.isfinite(c[0])), key=lambda c: c[0])
 
 
-def pure_q_bound(setting: RadialSetting, rho: float, q_lower: float, iters: int = 100) -> tuple[float, float, float, float]:
+def pure_q_bound(setting: RadialSetting, rho: float, q_lower: float) -> tuple[float, float, float, float]:
     """The dual bound on the face lambda1 = 0: P_delta(R) - lambda2 (Q(R) - qL), R = {p_delta < lambda2 q},
-    with ln lambda2 = gamma chosen by bisection so that Q(R) = qL. Returned as (bound, gamma, inf, 0)."""
-    lo, hi = -50.0, 50.0
-    if setting.pure_q_masses(rho, lo)[0] > q_lower or setting.pure_q_masses(rho, hi)[0] < q_lower:
+    with ln lambda2 = gamma such that Q(R) = qL (Brent). Returned as (bound, gamma, inf, 0)."""
+    def excess(gamma: float) -> float:
+        return setting.pure_q_centred_mass(rho, gamma) - q_lower
+
+    lo, hi = -60.0, 60.0
+    if excess(lo) > 0 or excess(hi) < 0:
         return -math.inf, 0.0, math.inf, 0.0
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        if setting.pure_q_masses(rho, mid)[0] > q_lower:
-            hi = mid
-        else:
-            lo = mid
-        if hi - lo < 1e-13:
-            break
-    q, shifted = setting.pure_q_masses(rho, lo)
-    return shifted - math.exp(lo) * (q - q_lower), lo, math.inf, 0.0
+    gamma = brentq(excess, lo, hi, xtol=1e-13, rtol=1e-15)
+    q, shifted = setting.pure_q_masses(rho, gamma)
+    return shifted - math.exp(gamma) * (q - q_lower), gamma, math.inf, 0.0
 
 
 def dsrs_radius(
