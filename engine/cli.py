@@ -153,11 +153,14 @@ def certify(
     picks = select_indices(len(data.x), indices, stride, count)
     d = data.x[0].numel()
     try:
+        smoothing = make_noise(noise.value, sigma, k=k, d=d if k else None)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    try:
         with torch.inference_mode():
             classes = int(net(data.x[:1].to(device)).shape[-1])
-        smoothing = make_noise(noise.value, sigma, k=k, d=d if k else None)
-    except (ValueError, RuntimeError) as error:
-        raise fail(f"model and data do not fit together: {error}") from None
+    except (RuntimeError, ValueError) as error:
+        raise fail(f"the model cannot read {dataset} inputs of shape {tuple(data.x.shape[1:])}: {error}") from None
     smoothed = SmoothedClassifier(net, classes, smoothing)
     schedule = None
     if iss_delta is not None:

@@ -47,6 +47,9 @@ class InputNormalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # broadcasting would silently turn a 1-channel image into 3 channels
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"expected images (N, {self.mean.shape[1]}, H, W), got shape {tuple(x.shape)}")
         return (x - self.mean) / self.std
 
 

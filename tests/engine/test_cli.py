@@ -113,6 +113,25 @@ def test_bad_options_are_reported(tmp_path, exported_model):
     assert result.exit_code == 2 and "q_sigma" in result.output
     result = runner.invoke(app, ["certify", str(exported_model), "--dataset", "cifar", "--out", out])
     assert result.exit_code == 2 and "unknown dataset" in result.output
+    result = runner.invoke(app, ["certify", str(exported_model), "--noise", "general_gaussian", "--out", out])
+    assert result.exit_code == 2 and "k >= 1" in result.output
+
+
+def test_a_model_that_cannot_read_the_data_is_reported(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save(create_model("cifar_resnet20").state_dict(), weights)
+    result = runner.invoke(app, ["certify", str(weights), "--arch", "cifar_resnet20", "--dataset", "digits", "--n", "10",
+                                 "--out", str(tmp_path / "r.jsonl")])
+    assert result.exit_code == 2 and "cannot read digits inputs" in result.output
+
+
+def test_generalized_gaussian_noise_from_the_command_line(tmp_path, exported_model):
+    out = tmp_path / "gg.jsonl"
+    result = runner.invoke(app, ["certify", str(exported_model), "--noise", "general_gaussian", "--k", "8",
+                                 "--sigma", "0.25", "--n0", "50", "--n", "2000", "--count", "2", "--seed", "0",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(read_rows(out)) == 2
 
 
 def test_parse_indices_and_models_command():

@@ -52,3 +52,8 @@ def test_unknown_names_and_duplicates_are_errors():
 
 def test_list_models_filters_by_pattern():
     assert list_models("cifar_*") == ["cifar_resnet110", "cifar_resnet20"]
+
+
+def test_wrong_channel_count_is_an_error_not_a_broadcast():
+    with pytest.raises(ValueError, match="expected images"):
+        create_model("cifar_resnet20")(torch.rand(2, 1, 32, 32))
