@@ -77,10 +77,18 @@ def iss_sample_size_table(
     sizes = np.append(sizes, float(n_max))  # n_max always reaches the target
     full = np_radius_at_rate(rates, np.float64(n_max), sigma, alpha)
     target = full - delta if mode == "absolute" else (1.0 - delta) * full
-    radii = np_radius_at_rate(rates[:, None], sizes[None, :], sigma, alpha)
-    # tiny slack: the n_max column equals ``full`` up to floating-point noise
-    reached = radii >= target[:, None] - 1e-12
-    table = sizes[reached.argmax(axis=1)].astype(np.int64)
+    table = np.zeros(len(rates), dtype=np.int64)
+    pending = np.arange(len(rates))
+    start, width = 0, 16
+    while pending.size:  # scan sizes in growing chunks, dropping rates once their n(p) is found
+        cols = sizes[start : start + width]
+        radii = np_radius_at_rate(rates[pending, None], cols[None, :], sigma, alpha)
+        # tiny slack: the n_max column equals ``full`` up to floating-point noise
+        reached = radii >= target[pending, None] - 1e-12
+        done = reached.any(axis=1)
+        table[pending[done]] = cols[reached[done].argmax(axis=1)].astype(np.int64)
+        pending = pending[~done]
+        start, width = start + width, width * 2
     rates.setflags(write=False)
     table.setflags(write=False)
     return rates, table

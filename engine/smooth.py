@@ -58,7 +58,7 @@ class CertifyResult:
 
 def top_two(counts: torch.Tensor) -> tuple[int, int, int]:
     """(top class, its count, runner-up count); ties broken towards the lower class index."""
-    values, classes = torch.topk(counts, k=min(2, counts.numel()))
+    values, classes = torch.sort(counts, descending=True, stable=True)
     second = int(values[1]) if values.numel() > 1 else 0
     return int(classes[0]), int(values[0]), second
 

@@ -16,14 +16,17 @@ def test_iss_matches_the_published_schedule(p, n):
     assert published_schedule().sample_size(p, p) == pytest.approx(n, rel=0.05)
 
 
-def test_iss_sizes_meet_their_radius_target_and_no_smaller_size_does():
-    rates, sizes = iss_sample_size_table(0.5, 100_000, 0.001, 0.05, "absolute", 200, 1001)
-    for p, n in zip(rates[::50], sizes[::50]):
-        target = np_radius_at_rate(p, 100_000.0, 0.5, 0.001) - 0.05
-        assert np_radius_at_rate(p, float(n), 0.5, 0.001) >= target - 1e-12
-        if n > 200:
-            assert np_radius_at_rate(p, float(n - 200), 0.5, 0.001) < target
-        assert n % 200 == 0 and 200 <= n <= 100_000
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_iss_sizes_are_the_smallest_that_meet_their_radius_target(mode):
+    n_max, batch, delta = 10_000, 100, 0.05 if mode == "absolute" else 0.1
+    rates, sizes = iss_sample_size_table(0.5, n_max, 0.001, delta, mode, batch, 201)
+    full = np_radius_at_rate(rates, float(n_max), 0.5, 0.001)
+    target = full - delta if mode == "absolute" else (1 - delta) * full
+    candidates = np.arange(batch, n_max + 1, batch, dtype=float)
+    radii = np_radius_at_rate(rates[:, None], candidates[None, :], 0.5, 0.001)  # brute force over every size
+    smallest = candidates[(radii >= target[:, None] - 1e-12).argmax(axis=1)]
+    assert (sizes == smallest).all()
+    assert (sizes % batch == 0).all() and sizes.min() >= batch and sizes.max() <= n_max
 
 
 def test_iss_takes_the_maximum_over_the_whole_interval_not_its_ends():

@@ -8,7 +8,7 @@ from engine.bounds import clopper_pearson
 from engine.noise import Gaussian, GeneralizedGaussian
 from engine.radius import np_radius
 from engine.schedule import ISSSchedule
-from engine.smooth import ABSTAIN, SmoothedClassifier
+from engine.smooth import ABSTAIN, SmoothedClassifier, top_two
 from tests.engine.exact_models import CallCounter, Constant, LinearBinary, RadialBinary
 
 SIGMA = 0.5
@@ -159,3 +159,9 @@ def test_bad_configurations_are_refused():
         smooth.certify(x, 10, 100, 0.001, 100, method="bayes")
     with pytest.raises(ValueError):
         SmoothedClassifier(Constant(0, 2), 2, Gaussian(SIGMA, threshold=0.5))
+
+
+def test_top_two_breaks_ties_towards_the_lower_class():
+    assert top_two(torch.tensor([5, 7, 7, 1])) == (1, 7, 7)
+    assert top_two(torch.tensor([0, 0, 9])) == (2, 9, 0)
+    assert top_two(torch.tensor([4])) == (0, 4, 0)
