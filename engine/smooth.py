@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -52,7 +52,7 @@ class CertifyResult:
     def abstained(self) -> bool:
         return self.prediction == ABSTAIN
 
-    def to_dict(self) -> CertifyResult:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
