@@ -90,6 +90,11 @@ def parse_q_threshold(value: str | None) -> float | str | None:
         raise typer.BadParameter(f"--q-threshold must be a number in (0, 1) or 'auto', got {value!r}") from None
 
 
+def is_eager(model: torch.nn.Module) -> bool:
+    """Python modules and exported programs take NHWC weights; TorchScript archives are left as saved."""
+    return not isinstance(model, torch.jit.ScriptModule)
+
+
 def fail(message: str) -> typer.Exit:
     console.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code=2)
@@ -139,6 +144,7 @@ def certify(
     count: Annotated[int | None, typer.Option(min=0, help="at most this many inputs")] = None,
     seed: Annotated[int | None, typer.Option(help="seed; input i uses seed + i")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
+    channels_last: Annotated[bool, typer.Option(help="run convolutions in NHWC layout (faster on CPU and GPU)")] = True,
 ) -> None:
     """Certify each selected input and write one JSON line per input, then print a summary."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -161,7 +167,7 @@ def certify(
             classes = int(net(data.x[:1].to(device)).shape[-1])
     except (RuntimeError, ValueError) as error:
         raise fail(f"the model cannot read {dataset} inputs of shape {tuple(data.x.shape[1:])}: {error}") from None
-    smoothed = SmoothedClassifier(net, classes, smoothing)
+    smoothed = SmoothedClassifier(net, classes, smoothing, channels_last=channels_last and is_eager(net))
     schedule = None
     if iss_delta is not None:
         if method is not MethodName.np:

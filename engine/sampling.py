@@ -57,13 +57,16 @@ def count_votes(
     batch_size: int,
     *,
     generator: torch.Generator | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Counts of argmax F(x + e) over n draws e ~ noise (Cohen et al. 2019, Alg. 1 SAMPLEUNDERNOISE).
 
     ``x`` is one input (C, H, W) in the model's input scale. Returns an int64 CPU tensor of
     ``num_classes`` counts summing to n. ``generator``, if given, must live on the model's device.
+    ``channels_last`` lays the noisy batch out as NHWC, for a model converted to that format.
     """
-    return count_votes_many(model, x.unsqueeze(0), noise, n, num_classes, batch_size, generator=generator)[0]
+    return count_votes_many(model, x.unsqueeze(0), noise, n, num_classes, batch_size, generator=generator,
+                            channels_last=channels_last)[0]
 
 
 def count_votes_many(
@@ -75,6 +78,7 @@ def count_votes_many(
     batch_size: int,
     *,
     generator: torch.Generator | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Votes for several inputs at once: (len(xs), num_classes) int64 counts on the CPU.
 
@@ -100,7 +104,9 @@ def count_votes_many(
 
     uniform = len(set(sizes)) == 1
     ends = torch.tensor(sizes, device=device).cumsum(0)
-    buffer = torch.empty((min(batch_size, total), *xs.shape[1:]), device=device, dtype=torch.float32)
+    layout = torch.channels_last if channels_last and xs.dim() == 4 else torch.contiguous_format
+    buffer = torch.empty((min(batch_size, total), *xs.shape[1:]), device=device, dtype=torch.float32,
+                         memory_format=layout)
     ones = torch.ones(buffer.shape[0], dtype=torch.int64, device=device)
     steps = torch.arange(buffer.shape[0], device=device)
     with torch.inference_mode():

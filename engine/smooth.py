@@ -66,14 +66,19 @@ def top_two(counts: torch.Tensor) -> tuple[int, int, int]:
 class SmoothedClassifier:
     """Randomized smoothing of ``model`` (a batch in the [0, 1] input scale -> logits) under ``noise``."""
 
-    def __init__(self, model: Classifier, num_classes: int, noise: Noise) -> None:
+    def __init__(self, model: Classifier, num_classes: int, noise: Noise, *, channels_last: bool = False) -> None:
+        """``channels_last=True`` converts ``model`` in place to NHWC weights and feeds it NHWC batches:
+        faster convolutions on CPU (oneDNN) and GPU (cuDNN), the same function up to rounding."""
         if noise.threshold is not None:
             raise ValueError("the smoothing distribution P must not be truncated; truncation is DSRS's Q")
         self.model = model
         self.num_classes = int(num_classes)
         self.noise = noise
+        self.channels_last = channels_last
         if isinstance(model, torch.nn.Module):
             model.eval()
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
 
     @property
     def device(self) -> torch.device:
@@ -84,7 +89,8 @@ class SmoothedClassifier:
 
     def _votes(self, x: torch.Tensor, noise: Noise, n: int, batch_size: int,
                generator: torch.Generator | None) -> torch.Tensor:
-        return count_votes(self.model, x, noise, n, self.num_classes, batch_size, generator=generator)
+        return count_votes(self.model, x, noise, n, self.num_classes, batch_size, generator=generator,
+                           channels_last=self.channels_last)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int, *,
                 generator: torch.Generator | None = None, seed: int | None = None) -> int:

@@ -138,3 +138,13 @@ def test_parse_indices_and_models_command():
     assert parse_indices("0, 5,10-12", 20) == [0, 5, 10, 11, 12]
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0 and "cifar_resnet110" in result.output
+
+
+def test_channels_last_flag_does_not_change_one_channel_certificates(tmp_path, exported_model):
+    args = ["certify", str(exported_model), "--n0", "20", "--n", "1000", "--count", "3", "--seed", "4"]
+    outs = []
+    for flag in ("--channels-last", "--no-channels-last"):
+        out = tmp_path / f"{flag}.jsonl"
+        assert runner.invoke(app, [*args, flag, "--out", str(out)]).exit_code == 0
+        outs.append([(r["prediction"], r["radius"]) for r in read_rows(out)])
+    assert outs[0] == outs[1]

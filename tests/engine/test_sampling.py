@@ -112,3 +112,25 @@ def test_counts_on_the_gpu_match_the_exact_probability():
                          generator=make_generator(0, "cuda"))
     assert counts.device.type == "cpu" and consistent(int(counts[1]), 100_000, 0.5)
     assert math.isclose(counts.sum().item(), 100_000)
+
+
+def test_channels_last_batches_give_the_same_votes():
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 16, 4)).eval()
+    x = torch.rand(3, 4, 4)
+    nchw = count_votes(cnn, x, Gaussian(0.3), 3000, 4, 700, generator=make_generator(0, "cpu"))
+    cnn.to(memory_format=torch.channels_last)
+    nhwc = count_votes(cnn, x, Gaussian(0.3), 3000, 4, 700, generator=make_generator(0, "cpu"), channels_last=True)
+    # the same law: NHWC fills the noise in another order, so compare counts statistically
+    for c in range(4):
+        p = (int(nchw[c]) + int(nhwc[c]) + 1) / (6000 + 2)
+        assert consistent(int(nhwc[c]), 3000, p)
+    # and a known probability under an NHWC buffer with 3 channels
+    w = torch.zeros(3, 4, 4)
+    w[2, 1, 3] = 1.0
+    shifted = torch.zeros(3, 4, 4)
+    shifted[2, 1, 3] = 0.2
+    counts = count_votes(LinearBinary(w, 0.0), shifted, Gaussian(0.5), 20_000, 2, 3000,
+                         generator=make_generator(6, "cpu"), channels_last=True)
+    assert consistent(int(counts[1]), 20_000, norm.cdf(0.2 / 0.5))

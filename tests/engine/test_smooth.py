@@ -5,6 +5,7 @@ import torch
 from scipy.stats import binom, chi2, norm
 
 from engine.bounds import clopper_pearson
+from engine.models import create_model
 from engine.noise import Gaussian, GeneralizedGaussian
 from engine.radius import np_radius
 from engine.schedule import ISSSchedule
@@ -165,3 +166,14 @@ def test_top_two_breaks_ties_towards_the_lower_class():
     assert top_two(torch.tensor([5, 7, 7, 1])) == (1, 7, 7)
     assert top_two(torch.tensor([0, 0, 9])) == (2, 9, 0)
     assert top_two(torch.tensor([4])) == (0, 4, 0)
+
+
+def test_channels_last_certifies_like_the_default_layout():
+    # one input channel: NHWC and NCHW hold the noise in the same order, so certificates coincide
+    torch.manual_seed(0)
+    model = create_model("digits_cnn", width=8)
+    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = SmoothedClassifier(model, 10, Gaussian(SIGMA)).certify(x, 50, 2000, 0.001, 500, seed=3)
+    nhwc = SmoothedClassifier(model, 10, Gaussian(SIGMA), channels_last=True).certify(x, 50, 2000, 0.001, 500, seed=3)
+    assert nhwc.prediction == plain.prediction
+    assert nhwc.radius == pytest.approx(plain.radius, abs=1e-9)
