@@ -21,7 +21,12 @@ def largest_certified_radius(
     certified end of the final bracket (never the uncertified one). Returns r_start when even
     r_start + step fails; the caller has checked r_start itself.
     """
-    lo, f_lo = r_start, margin_at(r_start) if r_start > 0 else 1.0
+    user_margin = margin_at
+
+    def margin_at(r: float) -> float:  # noqa: F811 -- radius 0 is certified whenever pA_lower > 1/2
+        return 1.0 if r <= 0 else user_margin(r)
+
+    lo, f_lo = r_start, margin_at(r_start)
     if f_lo < 0:
         return r_start
     hi = r_start + step

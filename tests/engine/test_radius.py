@@ -129,21 +129,21 @@ def test_np_radius_reproduces_published(model: str, stem: str, d: int, k: int) -
     published = read_radius("orig-radius", model, f"orig-rad-{stem}-50000-0.0005.txt")
     published = dict(list(published.items())[::ROW_STRIDE])
     noise = "general_gaussian" if k else "gaussian"
-    off, refuted_rows = [], 0
+    above = []
     for idx, (r_pub, *_) in published.items():
-        ours = np_radius(p[idx][0], sigma=SIGMA, noise=noise, d=d, k=k)
-        if abs(ours - r_pub) <= 1e-4:
-            continue
-        if r_pub > ours:  # the published radius is larger: it must be refuted by a counterexample
-            assert np_refuted(d, k, p[idx][0], r_pub), (idx, ours, r_pub)
-            refuted_rows += 1
-        off.append((idx, ours, r_pub))
-    if k < 75000:
-        assert not off, off[:5]
-    else:
-        # The authors' ImageNet values (Gamma(4) radial law) scatter: two rows with the same pL carry
-        # radii 0.02 apart. Ours agree on >= 95% of rows; each higher published value is refuted.
-        assert len(off) <= 0.05 * len(published), off[:5]
+        p_lower = p[idx][0]
+        ours = np_radius(p_lower, sigma=SIGMA, noise=noise, d=d, k=k)
+        if r_pub > ours + 1e-4:
+            # a larger published radius must be refuted by a worst-case classifier
+            assert np_refuted(d, k, p_lower, r_pub), (idx, ours, r_pub)
+        elif ours > r_pub + 1e-4:
+            # a larger radius of ours must hold under an independent, much finer quadrature
+            fine = RadialSetting(d=d, k=k, sigma=SIGMA, panels=400, order=16)
+            assert np_shifted_lower_bound(fine, ours, p_lower)[0] >= 0.5, (idx, ours, r_pub)
+            above.append((idx, ours, r_pub))
+    # The authors' ImageNet values (Gamma(4) radial law) scatter: two rows with the same pL carry
+    # radii 0.02 apart. Elsewhere their bisection leaves at most a stray row low near pL = 1/2.
+    assert len(above) <= (0.05 if k > 75000 else 0.01) * len(published) + 1, above[:5]
 
 
 CHUNKS = 4  # rows of each file split so that test workers share the slow files
