@@ -64,11 +64,11 @@ class Noise:
         """sigma' = sigma sqrt(d / (d - 2k)) (Li et al. 2022, Def. 1)."""
         return self.sigma * math.sqrt(d / (d - 2.0 * self.k))
 
-    def truncated(self, threshold: float) -> "Noise":
+    def truncated(self, threshold: float) -> Noise:
         """The same law restricted to its ``threshold`` radial quantile."""
         return replace(self, threshold=threshold)
 
-    def scaled(self, sigma: float) -> "Noise":
+    def scaled(self, sigma: float) -> Noise:
         """The same family at another scale (DSRS's smaller-sigma Q)."""
         return replace(self, sigma=sigma)
 

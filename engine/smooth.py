@@ -183,15 +183,17 @@ class SmoothedClassifier:
                       gen: torch.Generator | None) -> CertifyResult:
         self._check_q(q_sigma, q_threshold)
         d = x.numel()
-        c_a, _ = self._select(x, n0, batch_size, gen)
+        c_a, counts0 = self._select(x, n0, batch_size, gen)
+        if n0 > 0 and int(counts0[c_a]) == n0:
+            # Every pilot vote for cA: Q would hardly tighten anything, so all n samples go to P and
+            # NP certifies at alpha. Li et al. (App. E) decide this from the P samples themselves and
+            # then reuse them, which only bounds the error by ~2 alpha; the independent pilot keeps alpha.
+            k_all = int(self._votes(x, self.noise, n, batch_size, gen)[c_a])
+            return self._np_result(c_a, k_all, n, alpha, d, n0 + n, "dsrs")
         n_p, n_q = n // 2, n - n // 2
         alpha_each = split_alpha(alpha, 2)
         k_p = int(self._votes(x, self.noise, n_p, batch_size, gen)[c_a])
         p_lower, p_upper = (float(v) for v in clopper_pearson(k_p, n_p, alpha_each))
-        if k_p == n_p:
-            # every P vote for cA: Q cannot tighten anything, so spend its budget on P (Li et al. 2022, App. E)
-            k_pool = k_p + int(self._votes(x, self.noise, n_q, batch_size, gen)[c_a])
-            return self._np_result(c_a, k_pool, n, alpha, d, n0 + n, "dsrs")
         if p_lower <= 0.5:
             # no radius is possible whatever Q shows, so its samples would be wasted
             return CertifyResult(prediction=ABSTAIN, radius=0.0, p_lower=p_lower, p_upper=p_upper, q_lower=None,

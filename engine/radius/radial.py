@@ -14,6 +14,7 @@ Psi(t) = phi(t) - ell - ln(1 + mu m(t)).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -289,7 +290,7 @@ class RadialSetting:
             turns.append(0.5 * (lo_t + hi_t))
         turns.append(math.inf)
         pieces = []
-        for left, right in zip(turns[:-1], turns[1:]):
+        for left, right in itertools.pairwise(turns):
             probe = left * 1.5 if math.isinf(right) else 0.5 * (left + right)
             increasing = bool(dpsi(np.asarray(probe)) > 0)
             psi_left = float(self.psi(np.asarray(left), ell, mu))

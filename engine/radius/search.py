@@ -21,28 +21,26 @@ def largest_certified_radius(
     certified end of the final bracket (never the uncertified one). Returns r_start when even
     r_start + step fails; the caller has checked r_start itself.
     """
-    user_margin = margin_at
+    def margin(r: float) -> float:  # radius 0 is certified whenever pA_lower > 1/2
+        return 1.0 if r <= 0 else margin_at(r)
 
-    def margin_at(r: float) -> float:  # noqa: F811 -- radius 0 is certified whenever pA_lower > 1/2
-        return 1.0 if r <= 0 else user_margin(r)
-
-    lo, f_lo = r_start, margin_at(r_start)
+    lo, f_lo = r_start, margin(r_start)
     if f_lo < 0:
         return r_start
     hi = r_start + step
-    f_hi = margin_at(hi)
+    f_hi = margin(hi)
     while f_hi >= 0:
         lo, f_lo = hi, f_hi
         step *= 2.0
         hi = lo + step
         if hi > r_max:
             return lo
-        f_hi = margin_at(hi)
+        f_hi = margin(hi)
     if f_lo == 0:
         return lo
-    root = brentq(margin_at, lo, hi, xtol=xtol, rtol=1e-15)
+    root = brentq(margin, lo, hi, xtol=xtol, rtol=1e-15)
     # brentq's answer is within xtol of the crossing: step down until it is certified
     for candidate in (root, root - xtol, root - 4 * xtol):
-        if candidate > lo and margin_at(candidate) >= 0:
+        if candidate > lo and margin(candidate) >= 0:
             return candidate
     return lo

@@ -81,8 +81,10 @@ def test_certify_dsrs_and_iss(tmp_path, exported_model):
     rows = read_rows(out)
     assert [r["index"] for r in rows] == [0, 3, 4]
     for row in rows:
-        if row["prediction"] != -1 and row["p_upper"] < 1:
+        if row["q_lower"] is not None:  # Q was sampled: both intervals are reported
             assert row["q_lower"] <= row["q_upper"] and row["radius"] > 0
+        elif row["prediction"] != -1:  # every pilot vote for cA: NP on all n samples of P
+            assert row["samples"] == 50 + 4000 and row["radius"] > 0
     out = tmp_path / "iss.jsonl"
     result = runner.invoke(app, [*common, "--n", "20000", "--iss-delta", "0.05", "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -130,7 +130,8 @@ def test_dsrs_samples_q_from_the_requested_distribution():
     assert r.q_lower <= min(1.0, p_true / 0.9) <= r.q_upper
 
 
-def test_dsrs_with_every_p_vote_for_ca_pools_q_budget_into_p():
+def test_dsrs_with_every_pilot_vote_for_ca_spends_q_budget_on_p():
+    # the decision comes from the independent n0 pilot, so NP on all n fresh samples stays at alpha
     r = SmoothedClassifier(Constant(1, 2), 2, Gaussian(SIGMA)).certify(
         torch.zeros(1, 4, 4), 100, 20_000, 0.001, 10_000, method="dsrs", q_threshold="auto")
     assert r.prediction == 1 and r.q_lower is None and r.samples == 20_100
