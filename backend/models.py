@@ -1,0 +1,326 @@
+"""SQLModel tables and their API schemas, in the Base / Create / table / Public / ...sPublic ladder."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Literal
+
+from pydantic import model_validator
+from sqlalchemy import JSON, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobState(str, Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.done, JobState.failed, JobState.cancelled)
+
+
+class ShardState(str, Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class ModelFormat(str, Enum):
+    torchscript = "torchscript"
+    state_dict = "state_dict"
+    safetensors = "safetensors"
+    export = "export"
+
+
+class ModelKind(str, Enum):
+    classifier = "classifier"
+    denoiser = "denoiser"
+
+
+class Method(str, Enum):
+    np = "np"
+    dsrs = "dsrs"
+
+
+class NoiseKind(str, Enum):
+    gaussian = "gaussian"
+    general_gaussian = "general_gaussian"
+
+
+# -- owners and tokens --------------------------------------------------------------------------
+
+class Owner(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=255)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    name: str = Field(max_length=255)
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+# -- models -------------------------------------------------------------------------------------
+
+class ModelBase(SQLModel):
+    name: str = Field(min_length=1, max_length=255)
+    kind: ModelKind = ModelKind.classifier
+    format: ModelFormat | None = Field(default=None, description="detected from the file when omitted")
+    arch: str | None = Field(default=None, max_length=255,
+                             description="registered architecture, for state_dict and safetensors weights")
+    input_shape: list[int] = Field(sa_type=JSON, description="one input, (C, H, W)")
+    num_classes: int | None = Field(default=None, ge=2, description="required for classifiers")
+    class_names: list[str] | None = Field(default=None, sa_type=JSON)
+    input_max: float = Field(default=1.0, gt=0, description="the model reads pixels in [0, input_max]")
+    mean: list[float] | None = Field(default=None, sa_type=JSON, description="per-channel normalisation")
+    std: list[float] | None = Field(default=None, sa_type=JSON)
+
+
+class ModelCreate(ModelBase):
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCreate:
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
+        if self.kind is ModelKind.classifier and self.num_classes is None:
+            raise ValueError("num_classes is required for a classifier")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        for values in (self.mean, self.std):
+            if values is not None and len(values) != self.input_shape[0]:
+                raise ValueError(f"mean and std need one value per channel ({self.input_shape[0]})")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("std must be positive")
+        return self
+
+
+class Model(ModelBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    path: str
+    size_bytes: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelPublic(ModelBase):
+    id: int
+    size_bytes: int
+    created_at: datetime
+
+
+class ModelsPublic(SQLModel):
+    data: list[ModelPublic]
+    count: int
+
+
+# -- datasets -----------------------------------------------------------------------------------
+
+class DatasetBase(SQLModel):
+    name: str = Field(min_length=1, max_length=255)
+
+
+class Dataset(DatasetBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    path: str
+    size: int
+    input_shape: list[int] = Field(sa_type=JSON)
+    num_classes: int
+    class_names: list[str] | None = Field(default=None, sa_type=JSON)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DatasetPublic(DatasetBase):
+    id: str = Field(description="a built-in's name, or an upload's number; jobs name a dataset by it")
+    builtin: bool
+    size: int
+    input_shape: list[int]
+    num_classes: int
+    class_names: list[str] | None = None
+
+
+class DatasetsPublic(SQLModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+class JobConfig(SQLModel):
+    """The engine's certification settings (see ``SmoothedClassifier.certify``)."""
+
+    method: Method = Method.np
+    noise: NoiseKind = NoiseKind.gaussian
+    k: int = Field(default=0, ge=0, description="generalized Gaussian exponent")
+    sigma: float = Field(default=0.25, gt=0)
+    alpha: float = Field(default=0.001, gt=0, lt=1)
+    n0: int = Field(default=100, ge=1)
+    n: int = Field(default=100_000, ge=1, description="estimation samples (DSRS: over P and Q; ISS: maximum)")
+    batch_size: int = Field(default=1000, ge=1)
+    iss_delta: float | None = Field(default=None, gt=0, description="ISS budget; None keeps n fixed")
+    iss_mode: Literal["absolute", "relative"] = "absolute"
+    q_sigma: float | None = Field(default=None, gt=0, description="DSRS: Q is the same noise at this sigma")
+    q_threshold: float | Literal["auto"] | None = Field(default=None, description="DSRS: truncated P as Q")
+    denoiser_id: int | None = None
+    seed: int | None = Field(default=None, description="input i uses seed + i")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobConfig:
+        if self.iss_delta is not None and self.method is not Method.np:
+            raise ValueError("iss_delta (input-specific sampling) works with method np")
+        if self.method is Method.dsrs and (self.q_sigma is None) == (self.q_threshold is None):
+            raise ValueError("method dsrs needs exactly one of q_sigma and q_threshold")
+        if self.noise is NoiseKind.gaussian and self.k:
+            raise ValueError("k is for general_gaussian noise")
+        return self
+
+
+class Subset(SQLModel):
+    """Which inputs to certify: explicit indices, or start/stride/count."""
+
+    indices: list[int] | None = None
+    start: int = Field(default=0, ge=0)
+    stride: int = Field(default=1, ge=1)
+    count: int | None = Field(default=None, ge=1)
+
+
+class JobCreate(SQLModel):
+    model_id: int
+    dataset: str = Field(description="a dataset id from GET /datasets")
+    split: str = "test"
+    subset: Subset = Field(default_factory=Subset)
+    config: JobConfig = Field(default_factory=JobConfig)
+
+
+class Job(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="owner.id", index=True)
+    model_id: int = Field(foreign_key="model.id", index=True)
+    dataset: str
+    split: str
+    subset: dict = Field(sa_type=JSON)
+    config: dict = Field(sa_type=JSON)
+    state: JobState = Field(default=JobState.queued, index=True)
+    total: int
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Progress(SQLModel):
+    done: int
+    total: int
+    samples: int
+    samples_per_second: float | None
+    eta_seconds: float | None
+
+
+class JobPublic(SQLModel):
+    id: int
+    model_id: int
+    dataset: str
+    split: str
+    subset: Subset
+    config: JobConfig
+    state: JobState
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+
+
+class JobsPublic(SQLModel):
+    data: list[JobPublic]
+    count: int
+
+
+class Shard(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    number: int
+    indices: list[int] = Field(sa_type=JSON)
+    state: ShardState = Field(default=ShardState.queued)
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    seconds: float | None = None
+
+
+# -- results ------------------------------------------------------------------------------------
+
+class ResultRowBase(SQLModel):
+    index: int = Field(description="position in the dataset split")
+    label: int
+    prediction: int = Field(description="-1 when the smoothed classifier abstains")
+    radius: float
+    p_lower: float
+    p_upper: float
+    q_lower: float | None = None
+    q_upper: float | None = None
+    samples: int
+    seconds: float
+
+
+class ResultRowCreate(ResultRowBase):
+    pass
+
+
+class ResultRow(ResultRowBase, table=True):
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_resultrow_job_index"),)
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    shard_id: int = Field(foreign_key="shard.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ResultRowPublic(ResultRowBase):
+    correct: bool
+
+
+class ResultRowsPublic(SQLModel):
+    data: list[ResultRowPublic]
+    count: int
+
+
+class CurvePoint(SQLModel):
+    radius: float
+    certified_accuracy: float
+
+
+class JobSummary(SQLModel):
+    job_id: int
+    state: JobState
+    count: int
+    curve: list[CurvePoint]
+    acr: float
+    abstain_rate: float
+    clean_accuracy: float
+    samples: int
+    seconds: float
+    samples_per_second: float | None
+
+
+class Message(SQLModel):
+    detail: str
+
+
+class Health(SQLModel):
+    status: str
+    database: bool | None = None
+    redis: bool | None = None
