@@ -210,5 +210,34 @@ def models() -> None:
         console.print(name)
 
 
+token_app = typer.Typer(help="API tokens for the service (needs the web extras: pip install -e '.[web]').",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="the owner; created if new")],
+    label: Annotated[str, typer.Option(help="what this token is for")] = "cli",
+) -> None:
+    """Make an API token for owner NAME and print it once (only its hash is stored)."""
+    from backend.crud import create_token  # lazy: the engine stays importable without the web packages
+    from backend.db import get_engine
+    from backend.migrate import upgrade_database
+    from sqlmodel import Session
+
+    upgrade_database()
+    with Session(get_engine()) as session:
+        typer.echo(create_token(session=session, owner_name=name, token_name=label))
+
+
+@app.command()
+def worker() -> None:
+    """Run one certification worker against REDIS_URL and DATABASE_URL (the service's queue)."""
+    from backend.worker import run_worker  # lazy, like `token`
+
+    run_worker()
+
+
 if __name__ == "__main__":
     app()

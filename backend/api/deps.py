@@ -1,0 +1,44 @@
+"""Typed dependencies: settings, a database session, the queue, and the owner behind the bearer token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from arq.connections import ArqRedis
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from backend.core.config import Settings, get_settings
+from backend.crud import owner_for_token
+from backend.db import get_engine
+from backend.models import Owner
+
+
+def get_db() -> Iterator[Session]:
+    with Session(get_engine()) as session:
+        yield session
+
+
+def get_queue(request: Request) -> ArqRedis:
+    return request.app.state.queue
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+QueueDep = Annotated[ArqRedis, Depends(get_queue)]
+bearer = HTTPBearer(auto_error=False, description="an API token from `kavach token create NAME`")
+
+
+def get_current_owner(session: SessionDep,
+                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Owner:
+    owner = owner_for_token(session=session, token=credentials.credentials) if credentials else None
+    if owner is None:
+        raise HTTPException(status_code=status.HTTP_401_UNAUTHORIZED,
+                            detail="missing or unknown API token: send Authorization: Bearer <token>",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return owner
+
+
+CurrentOwner = Annotated[Owner, Depends(get_current_owner)]

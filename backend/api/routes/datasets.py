@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import col, select
+
+from backend import storage
+from backend.api.deps import CurrentOwner, SessionDep, SettingsDep
+from backend.crud import get_owned
+from backend.datasets import builtin_datasets, dataset_public, ingest_upload
+from backend.models import Dataset, DatasetPublic, DatasetsPublic, Job, Message
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+@router.get("", response_model=DatasetsPublic)
+async def read_datasets(session: SessionDep, owner: CurrentOwner) -> DatasetsPublic:
+    """Built-ins (no upload needed) first, then the owner's uploads."""
+    data = await run_in_threadpool(builtin_datasets)
+    uploads = session.exec(select(Dataset).where(Dataset.owner_id == owner.id).order_by(col(Dataset.id))).all()
+    data += [dataset_public(row) for row in uploads]
+    return DatasetsPublic(data=data, count=len(data))
+
+
+@router.post("", response_model=DatasetPublic, status_code=status.HTTP_201_CREATED,
+             responses={413: {"model": Message}, 422: {"model": Message}})
+async def create_dataset(
+    session: SessionDep, owner: CurrentOwner, settings: SettingsDep,
+    file: Annotated[UploadFile, File(description=".npz with arrays x and y, or a .zip of class-named image folders")],
+    name: Annotated[str, Form(min_length=1, max_length=255)],
+) -> DatasetPublic:
+    filename = file.filename or "upload"
+    upload = storage.new_path(settings.STORAGE_DIR, "uploads", owner.id, PurePosixPath(filename).suffix[:16])
+    dest = storage.new_path(settings.STORAGE_DIR, "datasets", owner.id, ".npz")
+    try:
+        await run_in_threadpool(storage.save_stream, file.file, upload, settings.MAX_UPLOAD_BYTES)
+        data, class_names = await run_in_threadpool(ingest_upload, upload, filename, dest,
+                                                    4 * settings.MAX_UPLOAD_BYTES)
+    except storage.TooLarge as error:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
+    except (ValueError, OSError) as error:
+        storage.remove(dest)
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{filename}: {error}") from None
+    finally:
+        storage.remove(upload)
+    row = Dataset(owner_id=owner.id, name=name, path=str(dest), size=len(data.x), input_shape=list(data.x.shape[1:]),
+                  num_classes=data.num_classes, class_names=class_names)
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return dataset_public(row)
+
+
+def owned_dataset(session: SessionDep, owner: CurrentOwner, id: int) -> Dataset:
+    row = get_owned(session=session, table=Dataset, id=id, owner=owner)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {id} not found")
+    return row
+
+
+@router.get("/{id}", response_model=DatasetPublic)
+def read_dataset(session: SessionDep, owner: CurrentOwner, id: int) -> DatasetPublic:
+    return dataset_public(owned_dataset(session, owner, id))
+
+
+@router.delete("/{id}", response_model=Message, responses={409: {"model": Message}})
+def delete_dataset(session: SessionDep, owner: CurrentOwner, id: int) -> Message:
+    row = owned_dataset(session, owner, id)
+    if session.exec(select(Job.id).where(Job.dataset == str(id), Job.owner_id == owner.id)).first() is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {id} has certification jobs; it is kept for them")
+    session.delete(row)
+    session.commit()
+    storage.remove(row.path)
+    return Message(detail=f"dataset {id} deleted")

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session
+from sse_starlette import EventSourceResponse
+
+from backend import jobs
+from backend.api.deps import CurrentOwner, QueueDep, SessionDep, SettingsDep
+from backend.crud import get_owned
+from backend.db import get_engine
+from backend.models import Job, JobCreate, JobPublic, JobsPublic, Message, Owner
+from backend.queue import ShardTask, enqueue_shards
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def owned_job(session: Session, owner: Owner, id: int) -> Job:
+    job = get_owned(session=session, table=Job, id=id, owner=owner)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {id} not found")
+    return job
+
+
+@router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED,
+             responses={404: {"model": Message}, 422: {"description": "subset, shapes or labels do not fit"}})
+async def create_job(session: SessionDep, owner: CurrentOwner, settings: SettingsDep, queue: QueueDep,
+                     job_in: JobCreate) -> JobPublic:
+    """Store the job, split it into shards of SHARD_SIZE inputs and enqueue one task per shard."""
+    try:
+        job, shards = await run_in_threadpool(jobs.create_job, session=session, owner=owner, job_in=job_in,
+                                              shard_size=settings.SHARD_SIZE)
+    except jobs.NotFound as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except jobs.Invalid as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    await enqueue_shards(queue, [ShardTask(job_id=job.id, shard_id=shard.id) for shard in shards])
+    return jobs.job_public(session=session, job=job)
+
+
+@router.get("", response_model=JobsPublic)
+def read_jobs(session: SessionDep, owner: CurrentOwner, offset: int = 0, limit: int = 100) -> JobsPublic:
+    rows, count = jobs.list_jobs(session=session, owner=owner, offset=offset, limit=limit)
+    return JobsPublic(data=[jobs.job_public(session=session, job=job) for job in rows], count=count)
+
+
+@router.get("/{id}", response_model=JobPublic, responses={404: {"model": Message}})
+def read_job(session: SessionDep, owner: CurrentOwner, id: int) -> JobPublic:
+    return jobs.job_public(session=session, job=owned_job(session, owner, id))
+
+
+@router.post("/{id}/cancel", response_model=JobPublic, responses={404: {"model": Message}})
+def cancel_job(session: SessionDep, owner: CurrentOwner, id: int) -> JobPublic:
+    """Stop the job: queued shards are skipped, running ones stop after the input in flight."""
+    job = jobs.cancel_job(session=session, job=owned_job(session, owner, id))
+    return jobs.job_public(session=session, job=job)
+
+
+@router.get("/{id}/events", responses={200: {"content": {"text/event-stream": {}},
+                                             "description": "`progress` events carrying JobPublic"}})
+async def job_events(request: Request, session: SessionDep, owner: CurrentOwner, settings: SettingsDep,
+                     id: int) -> EventSourceResponse:
+    """Server-sent events: the job (with its progress) every PROGRESS_INTERVAL_SECONDS until it finishes."""
+    owned_job(session, owner, id)
+
+    def snapshot() -> JobPublic:
+        with Session(get_engine()) as fresh:
+            return jobs.job_public(session=fresh, job=fresh.get(Job, id))
+
+    async def stream() -> AsyncIterator[dict]:
+        while not await request.is_disconnected():
+            job = await run_in_threadpool(snapshot)
+            yield {"event": "progress", "data": job.model_dump_json()}
+            if job.state.finished:
+                return
+            await asyncio.sleep(settings.PROGRESS_INTERVAL_SECONDS)
+
+    return EventSourceResponse(stream())

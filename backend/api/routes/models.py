@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from backend import storage
+from backend.api.deps import CurrentOwner, SessionDep, SettingsDep
+from backend.crud import get_owned
+from backend.modelfiles import ModelRejected, check_model_file
+from backend.models import Job, Message, Model, ModelCreate, ModelFormat, ModelKind, ModelPublic, ModelsPublic
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def parse_metadata(metadata: str) -> ModelCreate:
+    try:
+        return ModelCreate.model_validate_json(metadata)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False, include_context=False)) from None
+
+
+@router.post("", response_model=ModelPublic, status_code=status.HTTP_201_CREATED,
+             responses={413: {"model": Message}, 422: {"description": "the file does not load or run as declared"}})
+async def create_model(
+    session: SessionDep, owner: CurrentOwner, settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="TorchScript, .pt2, safetensors or weights-only state dict")],
+    metadata: Annotated[str, Form(description="the model's ModelCreate fields as JSON")],
+) -> Model:
+    """Register a model: the file is loaded and run once on a zero input of the declared shape."""
+    meta = parse_metadata(metadata)
+    suffix = PurePosixPath(file.filename or "model").suffix[:16]
+    path = storage.new_path(settings.STORAGE_DIR, "models", owner.id, suffix)
+    try:
+        size = await run_in_threadpool(storage.save_stream, file.file, path, settings.MAX_UPLOAD_BYTES)
+    except storage.TooLarge as error:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
+    try:
+        fmt = await run_in_threadpool(
+            check_model_file, path, format=meta.format.value if meta.format else None, arch=meta.arch,
+            num_classes=meta.num_classes, input_shape=meta.input_shape, input_max=meta.input_max, mean=meta.mean,
+            std=meta.std, denoiser=meta.kind is ModelKind.denoiser, shown_as=file.filename)
+    except ModelRejected as error:
+        storage.remove(path)
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    model = Model.model_validate(meta, update={"owner_id": owner.id, "path": str(path), "size_bytes": size,
+                                               "format": ModelFormat(fmt)})
+    session.add(model)
+    session.commit()
+    session.refresh(model)
+    return model
+
+
+@router.get("", response_model=ModelsPublic)
+def read_models(session: SessionDep, owner: CurrentOwner, offset: int = 0, limit: int = 100) -> ModelsPublic:
+    where = Model.owner_id == owner.id
+    count = session.exec(select(func.count(col(Model.id))).where(where)).one()
+    models = session.exec(select(Model).where(where).order_by(col(Model.id)).offset(offset).limit(limit)).all()
+    return ModelsPublic(data=[ModelPublic.model_validate(m) for m in models], count=count)
+
+
+def owned_model(session: SessionDep, owner: CurrentOwner, id: int) -> Model:
+    model = get_owned(session=session, table=Model, id=id, owner=owner)
+    if model is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {id} not found")
+    return model
+
+
+@router.get("/{id}", response_model=ModelPublic)
+def read_model(session: SessionDep, owner: CurrentOwner, id: int) -> Model:
+    return owned_model(session, owner, id)
+
+
+@router.delete("/{id}", response_model=Message, responses={409: {"model": Message}})
+def delete_model(session: SessionDep, owner: CurrentOwner, id: int) -> Message:
+    model = owned_model(session, owner, id)
+    if session.exec(select(Job.id).where(Job.model_id == id)).first() is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"model {id} has certification jobs; it is kept for them")
+    session.delete(model)
+    session.commit()
+    storage.remove(model.path)
+    return Message(detail=f"model {id} deleted")

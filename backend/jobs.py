@@ -1,0 +1,181 @@
+"""Certification jobs: creation with its checks, shards, progress, cancel, results and summary."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from backend.crud import get_owned
+from backend.datasets import find_dataset, load_for_job
+from backend.models import (
+    CurvePoint,
+    Job,
+    JobConfig,
+    JobCreate,
+    JobPublic,
+    JobState,
+    JobSummary,
+    Model,
+    ModelKind,
+    Owner,
+    Progress,
+    ResultRow,
+    ResultRowPublic,
+    Shard,
+    ShardState,
+    Subset,
+    utcnow,
+)
+from engine.metrics import abstain_rate, average_certified_radius, certified_accuracy_curve, clean_accuracy, radius_grid
+from engine.noise import make_noise
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Invalid(ValueError):
+    """The request is well-formed but does not fit the model or the dataset (a 422)."""
+
+
+def resolve_indices(subset: Subset, size: int) -> list[int]:
+    if subset.indices is not None:
+        picks = list(subset.indices)
+        bad = [i for i in picks if not 0 <= i < size]
+        if bad:
+            raise Invalid(f"indices {bad[:5]} are outside the dataset (size {size})")
+        if len(set(picks)) != len(picks):
+            raise Invalid("indices must not repeat")
+    else:
+        picks = list(range(subset.start, size, subset.stride))
+    picks = picks if subset.count is None else picks[:subset.count]
+    if not picks:
+        raise Invalid("the subset selects no inputs")
+    return picks
+
+
+def check_fit(model: Model, shape: list[int], labels: np.ndarray, config: JobConfig) -> None:
+    if list(model.input_shape) != list(shape):
+        raise Invalid(f"model {model.id} ({model.name}) reads inputs of shape {model.input_shape}, "
+                      f"the dataset's are {shape}")
+    if model.kind is not ModelKind.classifier:
+        raise Invalid(f"model {model.id} is a {model.kind.value}, not a classifier")
+    top = int(labels.max(initial=0))
+    if model.num_classes is not None and top >= model.num_classes:
+        raise Invalid(f"the dataset has label {top} but model {model.id} has {model.num_classes} classes")
+    d = int(np.prod(shape))
+    try:
+        make_noise(config.noise.value, config.sigma, k=config.k, d=d if config.k else None)
+    except ValueError as error:
+        raise Invalid(str(error)) from None
+
+
+def create_job(*, session: Session, owner: Owner, job_in: JobCreate, shard_size: int) -> tuple[Job, list[Shard]]:
+    model = get_owned(session=session, table=Model, id=job_in.model_id, owner=owner)
+    if model is None:
+        raise NotFound(f"model {job_in.model_id} not found")
+    if job_in.config.denoiser_id is not None:
+        denoiser = get_owned(session=session, table=Model, id=job_in.config.denoiser_id, owner=owner)
+        if denoiser is None:
+            raise NotFound(f"denoiser {job_in.config.denoiser_id} not found")
+        if denoiser.kind is not ModelKind.denoiser or denoiser.input_shape != model.input_shape:
+            raise Invalid(f"model {denoiser.id} is not a denoiser for inputs of shape {model.input_shape}")
+    found = find_dataset(session=session, ref=job_in.dataset, owner=owner)
+    if found is None:
+        raise NotFound(f"dataset {job_in.dataset!r} not found")
+    try:
+        data = load_for_job(found, job_in.split)
+    except (ValueError, FileNotFoundError) as error:
+        raise Invalid(str(error)) from None
+    indices = resolve_indices(job_in.subset, len(data.x))
+    check_fit(model, list(data.x.shape[1:]), data.y[indices].numpy(), job_in.config)
+    job = Job(owner_id=owner.id, model_id=model.id, dataset=job_in.dataset, split=job_in.split,
+              subset=job_in.subset.model_dump(), config=job_in.config.model_dump(mode="json"), total=len(indices))
+    session.add(job)
+    session.flush()
+    shards = [Shard(job_id=job.id, number=n, indices=indices[start:start + shard_size])
+              for n, start in enumerate(range(0, len(indices), shard_size))]
+    session.add_all(shards)
+    session.commit()
+    session.refresh(job)
+    for shard in shards:
+        session.refresh(shard)
+    return job, shards
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def job_progress(*, session: Session, job: Job) -> Progress:
+    done, samples = session.exec(
+        select(func.count(col(ResultRow.id)), func.coalesce(func.sum(ResultRow.samples), 0))
+        .where(ResultRow.job_id == job.id)).one()
+    rate = eta = None
+    started = _aware(job.started_at)
+    if started is not None and done:
+        elapsed = ((_aware(job.finished_at) or utcnow()) - started).total_seconds()
+        if elapsed > 0:
+            rate = samples / elapsed
+            eta = 0.0 if job.state.finished else elapsed / done * (job.total - done)
+    return Progress(done=done, total=job.total, samples=samples, samples_per_second=rate, eta_seconds=eta)
+
+
+def job_public(*, session: Session, job: Job) -> JobPublic:
+    return JobPublic(id=job.id, model_id=job.model_id, dataset=job.dataset, split=job.split,
+                     subset=Subset(**job.subset), config=JobConfig(**job.config), state=job.state, error=job.error,
+                     created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                     progress=job_progress(session=session, job=job))
+
+
+def list_jobs(*, session: Session, owner: Owner, offset: int, limit: int) -> tuple[list[Job], int]:
+    where = Job.owner_id == owner.id
+    count = session.exec(select(func.count(col(Job.id))).where(where)).one()
+    jobs = session.exec(select(Job).where(where).order_by(col(Job.id).desc()).offset(offset).limit(limit)).all()
+    return list(jobs), count
+
+
+def cancel_job(*, session: Session, job: Job) -> Job:
+    if not job.state.finished:
+        job.state = JobState.cancelled
+        job.finished_at = utcnow()
+        for shard in session.exec(select(Shard).where(Shard.job_id == job.id,
+                                                      col(Shard.state).in_([ShardState.queued, ShardState.running]))):
+            shard.state = ShardState.cancelled
+            session.add(shard)
+        session.add(job)
+        session.commit()
+        session.refresh(job)
+    return job
+
+
+def row_public(row: ResultRow) -> ResultRowPublic:
+    return ResultRowPublic(**row.model_dump(include=set(ResultRowPublic.model_fields) - {"correct"}),
+                           correct=row.prediction == row.label)
+
+
+def job_rows(*, session: Session, job: Job, offset: int = 0, limit: int | None = None) -> list[ResultRow]:
+    query = select(ResultRow).where(ResultRow.job_id == job.id).order_by(col(ResultRow.index)).offset(offset)
+    return list(session.exec(query if limit is None else query.limit(limit)).all())
+
+
+def count_rows(*, session: Session, job: Job) -> int:
+    return session.exec(select(func.count(col(ResultRow.id))).where(ResultRow.job_id == job.id)).one()
+
+
+def job_summary(*, session: Session, job: Job) -> JobSummary:
+    rows = job_rows(session=session, job=job)
+    radii = np.array([r.radius for r in rows], dtype=np.float64)
+    correct = np.array([r.prediction == r.label for r in rows], dtype=bool)
+    grid = radius_grid(max(float(radii.max(initial=0.0)), 0.25))
+    curve = certified_accuracy_curve(radii, correct, grid)
+    samples = sum(r.samples for r in rows)
+    seconds = sum(r.seconds for r in rows)
+    return JobSummary(job_id=job.id, state=job.state, count=len(rows),
+                      curve=[CurvePoint(radius=float(r), certified_accuracy=float(a)) for r, a in zip(grid, curve)],
+                      acr=average_certified_radius(radii, correct), abstain_rate=abstain_rate([r.prediction for r in rows]),
+                      clean_accuracy=clean_accuracy(correct), samples=samples, seconds=seconds,
+                      samples_per_second=samples / seconds if seconds > 0 else None)

@@ -1,0 +1,236 @@
+"""The arq worker: one task per shard, certifying input by input and storing each row as it is done.
+
+A shard resumes after its stored rows, so a retried shard (its worker was killed, its lease expired)
+loses at most the input that was in flight, and the (job_id, index) unique constraint keeps a row
+from ever being stored twice. Cancel is read from the job's state between inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import torch
+from arq import Retry
+from arq.worker import Function, Worker, func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from backend.core.config import Settings, get_settings
+from backend.datasets import find_dataset, load_for_job
+from backend.db import get_engine
+from backend.keys import ARQ_IN_PROGRESS_PREFIX, QUEUE_NAME
+from backend.modelfiles import load_registered
+from backend.models import Job, JobConfig, JobState, Model, Owner, ResultRow, Shard, ShardState, utcnow
+from backend.queue import SHARD_TASK, ShardTask, redis_settings
+from engine.data import ImageDataset
+from engine.noise import make_noise
+from engine.schedule import ISSSchedule
+from engine.smooth import SmoothedClassifier
+
+log = structlog.get_logger("kavach.worker")
+MODEL_CACHE_SIZE = 4
+
+
+class ShardStopped(Exception):
+    """The job was cancelled or finished elsewhere; the shard stops without error."""
+
+
+@dataclass
+class ShardWork:
+    shard: Shard
+    config: JobConfig
+    smoothed: SmoothedClassifier
+    data: ImageDataset
+    schedule: ISSSchedule | None
+    todo: list[int]
+
+
+class Resources:
+    """Per-process caches: loaded models and datasets outlive one shard."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.models: OrderedDict[int, torch.nn.Module] = OrderedDict()
+        self.datasets: OrderedDict[tuple[int, str, str], ImageDataset] = OrderedDict()
+
+    @staticmethod
+    def _remember(cache: OrderedDict, key: Any, make: Any) -> Any:
+        if key not in cache:
+            cache[key] = make()
+            while len(cache) > MODEL_CACHE_SIZE:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        return cache[key]
+
+    def model(self, row: Model) -> torch.nn.Module:
+        return self._remember(self.models, row.id, lambda: load_registered(
+            row.path, format=row.format.value if row.format else None, arch=row.arch, num_classes=row.num_classes,
+            input_shape=row.input_shape, input_max=row.input_max, mean=row.mean, std=row.std, device=self.device))
+
+    def dataset(self, session: Session, job: Job) -> ImageDataset:
+        def load() -> ImageDataset:
+            found = find_dataset(session=session, ref=job.dataset, owner=session.get(Owner, job.owner_id))
+            if found is None:
+                raise ValueError(f"dataset {job.dataset!r} is gone")
+            return load_for_job(found, job.split)
+        return self._remember(self.datasets, (job.owner_id, job.dataset, job.split), load)
+
+
+def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
+    with Session(get_engine()) as session:
+        job, shard = session.get(Job, task.job_id), session.get(Shard, task.shard_id)
+        if job is None or shard is None or job.state.finished or shard.state is not ShardState.queued \
+                and shard.state is not ShardState.running:
+            raise ShardStopped
+        stored = set(session.exec(select(ResultRow.index).where(ResultRow.job_id == job.id,
+                                                                col(ResultRow.index).in_(shard.indices))).all())
+        config = JobConfig(**job.config)
+        net = resources.model(session.get(Model, job.model_id))
+        if config.denoiser_id is not None:
+            net = torch.nn.Sequential(resources.model(session.get(Model, config.denoiser_id)), net)
+        data = resources.dataset(session, job)
+        classes = session.get(Model, job.model_id).num_classes
+        now = utcnow()
+        shard.state, shard.attempts = ShardState.running, shard.attempts + 1
+        shard.started_at = shard.started_at or now
+        if job.state is JobState.queued:
+            job.state = JobState.running
+        job.started_at = job.started_at or now
+        session.add_all([shard, job])
+        session.commit()
+        session.refresh(shard)
+    d = data.x[0].numel()
+    noise = make_noise(config.noise.value, config.sigma, k=config.k, d=d if config.k else None)
+    eager = not isinstance(net, torch.jit.ScriptModule) and resources.device != "cpu"
+    smoothed = SmoothedClassifier(net, classes, noise, channels_last=eager)
+    schedule = None if config.iss_delta is None else ISSSchedule(
+        config.sigma, config.n, config.alpha, delta=config.iss_delta, mode=config.iss_mode,
+        batch_size=config.batch_size)
+    return ShardWork(shard, config, smoothed, data, schedule, [i for i in shard.indices if i not in stored])
+
+
+def certify_input(work: ShardWork, index: int) -> None:
+    """Certify one input and store its row at once; stop if the job was cancelled meanwhile."""
+    c = work.config
+    with Session(get_engine()) as session:
+        if session.get(Job, work.shard.job_id).state.finished:
+            raise ShardStopped
+    result = work.smoothed.certify(work.data.x[index], c.n0, c.n, c.alpha, c.batch_size, method=c.method.value,
+                                   schedule=work.schedule, q_sigma=c.q_sigma, q_threshold=c.q_threshold,
+                                   seed=None if c.seed is None else c.seed + index)
+    row = ResultRow(job_id=work.shard.job_id, shard_id=work.shard.id, index=index, label=int(work.data.y[index]),
+                    prediction=result.prediction, radius=result.radius, p_lower=result.p_lower,
+                    p_upper=result.p_upper, q_lower=result.q_lower, q_upper=result.q_upper, samples=result.samples,
+                    seconds=result.seconds)
+    with Session(get_engine()) as session:
+        session.add(row)
+        try:
+            session.commit()
+        except IntegrityError:  # another attempt of this shard stored it first
+            session.rollback()
+
+
+def finish_shard(shard_id: int, state: ShardState, error: str | None = None) -> None:
+    with Session(get_engine()) as session:
+        shard = session.get(Shard, shard_id)
+        job = session.get(Job, shard.job_id)
+        if shard.state in (ShardState.queued, ShardState.running):
+            shard.state = state
+        shard.finished_at = utcnow()
+        shard.seconds = (shard.finished_at - shard.started_at.replace(tzinfo=shard.finished_at.tzinfo)
+                         ).total_seconds() if shard.started_at else None
+        session.add(shard)
+        if state is ShardState.failed and not job.state.finished:
+            job.state, job.error, job.finished_at = JobState.failed, error, utcnow()
+        session.add(job)
+        session.commit()
+        left = session.exec(select(Shard.id).where(Shard.job_id == job.id, Shard.state != ShardState.done)).first()
+        session.refresh(job)
+        if left is None and not job.state.finished:
+            job.state, job.finished_at = JobState.done, utcnow()
+            session.add(job)
+            session.commit()
+
+
+async def renew_lease(redis: Any, arq_job_id: str, lease_s: float) -> None:
+    """Keep arq's in-progress marker alive while this worker runs the shard; once it lapses, arq retries."""
+    key = ARQ_IN_PROGRESS_PREFIX + arq_job_id
+    while True:
+        await redis.pexpire(key, int(lease_s * 1000))
+        await asyncio.sleep(lease_s / 3)
+
+
+async def certify_shard(ctx: dict[str, Any], task: dict[str, int]) -> dict[str, Any]:
+    settings: Settings = ctx["settings"]
+    shard_task = ShardTask(**task)
+    lease = asyncio.create_task(renew_lease(ctx["redis"], ctx["job_id"], settings.SHARD_LEASE_SECONDS))
+    started, done = time.perf_counter(), 0
+    try:
+        work = await asyncio.to_thread(begin_shard, ctx["resources"], shard_task)
+        log.info("shard started", job=shard_task.job_id, shard=shard_task.shard_id, todo=len(work.todo),
+                 attempt=ctx["job_try"])
+        for index in work.todo:
+            await asyncio.to_thread(certify_input, work, index)
+            done += 1
+        await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.done)
+    except ShardStopped:
+        log.info("shard stopped", job=shard_task.job_id, shard=shard_task.shard_id, certified=done)
+        return {"certified": done, "stopped": True}
+    except ValueError as error:  # the job's settings cannot work (from the engine's checks): do not retry
+        await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.failed, str(error))
+        log.warning("shard failed", job=shard_task.job_id, shard=shard_task.shard_id, error=str(error))
+        return {"certified": done, "error": str(error)}
+    except Exception as error:
+        if ctx["job_try"] >= settings.SHARD_MAX_TRIES:
+            await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.failed, repr(error))
+            raise
+        log.warning("shard will be retried", job=shard_task.job_id, shard=shard_task.shard_id, error=repr(error))
+        raise Retry(defer=ctx["job_try"]) from error
+    finally:
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+    log.info("shard done", job=shard_task.job_id, shard=shard_task.shard_id, certified=done,
+             seconds=round(time.perf_counter() - started, 3))
+    return {"certified": done}
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    ctx["settings"] = get_settings()
+    ctx["resources"] = Resources(ctx["settings"])
+
+
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    if settings.REDIS_URL is None:
+        raise SystemExit("REDIS_URL is not set: point the worker at the API's Redis (make run prints it)")
+    shard: Function = func(certify_shard, name=SHARD_TASK, max_tries=settings.SHARD_MAX_TRIES,
+                           timeout=7 * 24 * 3600)  # a shard's length is bounded by its inputs, not a clock
+    return dict(functions=[shard], on_startup=startup, redis_settings=redis_settings(settings.REDIS_URL),
+                queue_name=QUEUE_NAME, max_jobs=settings.WORKER_MAX_JOBS, poll_delay=settings.WORKER_POLL_SECONDS,
+                keep_result=3600, handle_signals=True)
+
+
+class WorkerSettings:
+    """For ``arq backend.worker.WorkerSettings``; ``kavach worker`` does the same."""
+
+    functions = [func(certify_shard, name=SHARD_TASK, timeout=7 * 24 * 3600)]
+    on_startup = startup
+    queue_name = QUEUE_NAME
+    redis_settings = redis_settings(get_settings().REDIS_URL) if get_settings().REDIS_URL else None
+
+
+def run_worker() -> None:
+    settings = get_settings()
+    structlog.get_logger("kavach.worker").info("worker starting", redis=(settings.REDIS_URL or "").split("@")[-1])
+    Worker(**worker_settings(settings)).run()
+
+
+if __name__ == "__main__":
+    run_worker()

