@@ -2,17 +2,31 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test bench lint run
+.PHONY: install test test-services bench lint run openapi
 
 install:
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,web]'
 
 test: install
 	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) tests
+
+# the storage and queue tests against real servers (CI has PostgreSQL and Redis on loopback)
+TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+test-services: install
+	KAVACH_TEST_DATABASE_URL=$(TEST_DATABASE_URL) KAVACH_TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		$(PYTHON) -m pytest -q -p no:xdist tests/backend
+
+# API on http://127.0.0.1:$${PORT:-8000}, one worker, embedded Redis unless REDIS_URL is set; Ctrl-C stops all
+run: install
+	$(PYTHON) -m backend.run
+
+openapi:
+	$(PYTHON) -m backend.openapi
 
 bench: install
 	$(PYTHON) -m bench.engine_bench
 
 lint:
-	$(PYTHON) -m ruff check engine tests bench
+	$(PYTHON) -m ruff check engine backend tests bench

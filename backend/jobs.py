@@ -29,7 +29,13 @@ from backend.models import (
     Subset,
     utcnow,
 )
-from engine.metrics import abstain_rate, average_certified_radius, certified_accuracy_curve, clean_accuracy, radius_grid
+from engine.metrics import (
+    abstain_rate,
+    average_certified_radius,
+    certified_accuracy_curve,
+    clean_accuracy,
+    radius_grid,
+)
 from engine.noise import make_noise
 
 

@@ -61,13 +61,13 @@ def _check(path: Path, format: str | None, arch: str | None, num_classes: int | 
                               input_max=input_max, mean=mean, std=std)
     except UnsafeModelError as error:
         raise ModelRejected(f"refused: {error}") from None
-    except Exception as error:  # any failure to load is the file's problem, reported to the uploader
+    except Exception as error:  # noqa: BLE001  any failure to load is the file's problem, reported to the uploader
         raise ModelRejected(f"cannot load the file as {fmt}: {error}") from None
     shape = (1, *input_shape)
     try:
         with torch.inference_mode():
             out = net(torch.zeros(shape))
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001  whatever the model raises is the uploader's to see
         raise ModelRejected(f"the forward pass on a zero input of shape {list(shape)} failed: {error}") from None
     want = shape if denoiser else (1, num_classes)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(want):

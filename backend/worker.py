@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 import torch
@@ -212,15 +212,15 @@ def worker_settings(settings: Settings) -> dict[str, Any]:
         raise SystemExit("REDIS_URL is not set: point the worker at the API's Redis (make run prints it)")
     shard: Function = func(certify_shard, name=SHARD_TASK, max_tries=settings.SHARD_MAX_TRIES,
                            timeout=7 * 24 * 3600)  # a shard's length is bounded by its inputs, not a clock
-    return dict(functions=[shard], on_startup=startup, redis_settings=redis_settings(settings.REDIS_URL),
-                queue_name=QUEUE_NAME, max_jobs=settings.WORKER_MAX_JOBS, poll_delay=settings.WORKER_POLL_SECONDS,
-                keep_result=3600, handle_signals=True)
+    return {"functions": [shard], "on_startup": startup, "redis_settings": redis_settings(settings.REDIS_URL),
+            "queue_name": QUEUE_NAME, "max_jobs": settings.WORKER_MAX_JOBS, "poll_delay": settings.WORKER_POLL_SECONDS,
+            "keep_result": 3600, "handle_signals": True}
 
 
 class WorkerSettings:
     """For ``arq backend.worker.WorkerSettings``; ``kavach worker`` does the same."""
 
-    functions = [func(certify_shard, name=SHARD_TASK, timeout=7 * 24 * 3600)]
+    functions: ClassVar = [func(certify_shard, name=SHARD_TASK, timeout=7 * 24 * 3600)]
     on_startup = startup
     queue_name = QUEUE_NAME
     redis_settings = redis_settings(get_settings().REDIS_URL) if get_settings().REDIS_URL else None

@@ -221,10 +221,11 @@ def token_create(
     label: Annotated[str, typer.Option(help="what this token is for")] = "cli",
 ) -> None:
     """Make an API token for owner NAME and print it once (only its hash is stored)."""
+    from sqlmodel import Session
+
     from backend.crud import create_token  # lazy: the engine stays importable without the web packages
     from backend.db import get_engine
     from backend.migrate import upgrade_database
-    from sqlmodel import Session
 
     upgrade_database()
     with Session(get_engine()) as session:

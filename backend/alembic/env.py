@@ -4,8 +4,8 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import backend.models  # noqa: F401  (registers the tables)
-from backend.db import make_engine
 from backend.core.config import get_settings
+from backend.db import make_engine
 
 target_metadata = SQLModel.metadata
 

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("arq")
 
-from backend.embedded import EmbeddedRedis  # noqa: E402
+from backend.embedded import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[2]
 SHARD_SIZE = 4
@@ -56,9 +56,9 @@ class Service:
     tokens: dict[str, str] = field(default_factory=dict)
 
     def spawn(self, args: list[str], name: str) -> subprocess.Popen:
-        log = open(self.logs / f"{name}-{len(self.processes)}.log", "wb")
-        process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=self.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.logs / f"{name}-{len(self.processes)}.log", "wb") as log:  # the child keeps its copy
+            process = subprocess.Popen([sys.executable, *args], cwd=REPO, env=self.env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
 
