@@ -93,9 +93,8 @@ def make_token(env: dict[str, str], owner: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="session")
-def service(tmp_path_factory) -> Iterator[Service]:
-    root = tmp_path_factory.mktemp("kavach")
+def start_service(root: Path) -> tuple[Service, EmbeddedRedis | None]:
+    """API, one worker, Redis and a migrated database with owners alice and bob; the caller stops them."""
     database_url = os.environ.get("KAVACH_TEST_DATABASE_URL") or f"sqlite:///{root / 'kavach.db'}"
     if database_url.startswith("postgresql"):
         reset_postgres(database_url)
@@ -131,6 +130,18 @@ def service(tmp_path_factory) -> Iterator[Service]:
                 raise RuntimeError("the API did not become ready: " + " | ".join(
                     p.read_text()[-2000:] for p in svc.logs.iterdir()))
             time.sleep(0.1)
+    except BaseException:
+        svc.stop()
+        if embedded is not None:
+            embedded.stop()
+        raise
+    return svc, embedded
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory) -> Iterator[Service]:
+    svc, embedded = start_service(tmp_path_factory.mktemp("kavach"))
+    try:
         yield svc
     finally:
         svc.stop()

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from backend.openapi import OPENAPI_PATH, render  # noqa: E402
+from backend.openapi import OPENAPI_PATH, render
 
 
 def test_openapi_json_matches_the_app():
@@ -24,4 +24,5 @@ def test_every_route_declares_its_responses():
 def test_the_engine_imports_without_the_web_packages():
     blocked = "['fastapi', 'sqlmodel', 'arq', 'sqlalchemy', 'backend', 'uvicorn']"
     code = f"import sys; sys.modules.update(dict.fromkeys({blocked})); import engine.cli; print('ok')"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
