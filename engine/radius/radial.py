@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np
-from scipy.special import betainc, betaln, expit, roots_legendre, wrightomega
+from scipy.special import betainc, betaln, expit, gammainc, roots_legendre, wrightomega
 from scipy.stats import gamma as gamma_law
 
 # Quadrature in the logit of the radial CDF: tails get nodes, the bulk gets most of them.
@@ -198,13 +198,34 @@ class RadialSetting:
         d_mu = np.sum(w * base * dpsi_dmu, axis=-1)
         return mass, d_ell, d_mu
 
+    def _nodes_below(self, under_q: bool, t_limit: float) -> tuple[np.ndarray, np.ndarray]:
+        """Radial nodes of P (or of the smaller-sigma Q) restricted to t < t_limit in P's units.
+
+        With lambda1 < 0, R lies inside the ball t < t1 and the integrand falls to 0 steeply at t1:
+        nodes that end there keep the quadrature accurate.
+        """
+        ratio = (self.sigma / self.q_sigma) ** 2 if under_q else 1.0  # type: ignore[operator]
+        mass = float(gammainc(self.shape, t_limit * ratio))
+        if mass <= 0.0:
+            return np.array([1.0]), np.array([0.0])
+        t, w = radial_nodes(self.shape, min(mass, 1.0), self.panels, self.order)
+        return t / ratio, w
+
+    def _mass_nodes(self, under_q: bool, mu, s1: float) -> tuple[np.ndarray, np.ndarray]:
+        if s1 < 0 and self.q_sigma is not None:
+            a, b = self._log_m_affine
+            mu_f = float(np.ravel(mu)[0])
+            t1 = (a + math.log(mu_f)) / b if mu_f > 0 else 0.0
+            return self._nodes_below(under_q, max(t1, 0.0))
+        return self.q_nodes if under_q else self.p_nodes
+
     def p_mass(self, rho, ell, mu=0.0, grad: bool = False, s1: float = 1.0):
-        t, w = self.p_nodes
+        t, w = self._mass_nodes(False, mu, s1)
         return self.centred_mass(t, w, np.asarray(rho)[..., None], np.asarray(ell)[..., None],
                                  np.asarray(mu)[..., None], grad, s1)
 
     def q_mass(self, rho, ell, mu=0.0, grad: bool = False, s1: float = 1.0):
-        t, w = self.q_nodes
+        t, w = self._mass_nodes(True, mu, s1)
         return self.centred_mass(t, w, np.asarray(rho)[..., None], np.asarray(ell)[..., None],
                                  np.asarray(mu)[..., None], grad, s1)
 

@@ -180,3 +180,39 @@ def test_dsrs_radius_against_published(case, chunk: int) -> None:
     # Our search may stop short where the dual optimum is hard to reach (a sound, smaller radius);
     # that must stay rare: at most 1% of rows.
     assert len(unexplained) <= max(1, len(published) // 100), unexplained
+
+
+# -- DSRS against classifiers whose true robust radius is known exactly -----------------------
+@pytest.mark.parametrize("margin", [0.2, 0.6, 1.2])
+@pytest.mark.parametrize("q_sigma", [0.4, 0.45])
+def test_dsrs_on_a_half_space_equals_the_exact_radius(margin: float, q_sigma: float) -> None:
+    # F = [w.x + b > 0] under N(0, sigma^2 I): pA = Phi(m/sigma), qA = Phi(m/q_sigma) exactly, and
+    # the smoothed classifier's robust radius is m. Exact facts must not certify beyond it.
+    from scipy.stats import norm
+
+    p_a, q_a = norm.cdf(margin / SIGMA), norm.cdf(margin / q_sigma)
+    r = dsrs_radius((p_a, p_a), (q_a, q_a), d=64, k=0, sigma=SIGMA, q_sigma=q_sigma)
+    assert margin - 1e-4 <= r <= margin + 1e-7
+
+
+@pytest.mark.parametrize("c", [2.3, 2.6])
+@pytest.mark.parametrize("q", [{"q_sigma": 0.4}, {"q_threshold": 0.9}])
+def test_dsrs_on_a_ball_never_exceeds_the_exact_radius(c: float, q: dict) -> None:
+    # F = [||x|| <= c] at x = 0 in d = 16 under N(0, sigma^2 I): pA, qA are chi-square CDFs and the
+    # shifted probability is a noncentral chi-square CDF, so the true robust radius is known. DSRS
+    # with the exact probabilities must stay below it, and beat NP since Q sees the ball's shape.
+    from scipy.optimize import brentq
+    from scipy.stats import chi2, ncx2
+
+    d = 16
+    p_a = chi2.cdf(c**2 / SIGMA**2, d)
+    if "q_sigma" in q:
+        q_a = chi2.cdf(c**2 / q["q_sigma"] ** 2, d)
+    else:
+        t_cut = chi2.ppf(q["q_threshold"], d) / 2.0  # t = ||e||^2 / (2 sigma^2) ~ Gamma(d/2)
+        q_a = min(p_a, q["q_threshold"]) / q["q_threshold"] if c**2 / (2 * SIGMA**2) <= t_cut else 1.0
+    true_radius = brentq(lambda r: ncx2.cdf(c**2 / SIGMA**2, d, r**2 / SIGMA**2) - 0.5, 1e-9, c, xtol=1e-14)
+    ours = dsrs_radius((p_a, p_a), (q_a, q_a), d=d, k=0, sigma=SIGMA, **q)
+    assert np_radius(p_a, sigma=SIGMA) + 0.1 < ours <= true_radius
+    if c == 2.3 and "q_sigma" in q:
+        assert ours > true_radius - 1e-3  # here both facts pin the ball down: DSRS is exact
