@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import structlog
 from fastapi import FastAPI, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.api.main import api_router
@@ -18,6 +20,7 @@ from backend.migrate import upgrade_database
 from backend.queue import open_queue
 
 log = structlog.get_logger("kavach.api")
+DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "frontend" / "dist"  # `make frontend` builds it
 
 
 class UploadLimit:
@@ -70,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router, prefix=settings.API_V1_STR)
     app.include_router(health.router)
     app.add_middleware(UploadLimit, limit=settings.MAX_UPLOAD_BYTES)
+    if DASHBOARD_DIR.is_dir():  # the SPA routes by URL hash, so index.html at / is its only entry point
+        app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
     return app
 
 
