@@ -53,6 +53,7 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
