@@ -1,0 +1,63 @@
+import { useQuery } from '@tanstack/react-query';
+import { readDatasetsApiV1DatasetsGetOptions, readModelsApiV1ModelsGetOptions } from '../client/@tanstack/react-query.gen';
+import { Field } from './Field';
+import type { ConfigValues, Errors } from './validation';
+
+/** The certification config inputs, shared by the add-model and certify forms. */
+export function ConfigFields({ values, errors, onChange }: {
+  values: ConfigValues; errors: Errors; onChange: (patch: Partial<ConfigValues>) => void;
+}) {
+  const datasets = useQuery(readDatasetsApiV1DatasetsGetOptions());
+  const models = useQuery(readModelsApiV1ModelsGetOptions());
+  const denoisers = (models.data?.data ?? []).filter((m) => m.kind === 'denoiser');
+  const text = (name: keyof ConfigValues, label: string, hint?: string, inputMode: 'numeric' | 'decimal' = 'decimal') => (
+    <Field name={name} label={label} error={errors[name]} hint={hint}>
+      <input id={`f-${name}`} name={name} inputMode={inputMode} value={values[name]}
+             aria-invalid={!!errors[name]} onChange={(e) => onChange({ [name]: e.target.value })} />
+    </Field>
+  );
+  return (
+    <fieldset>
+      <legend>Certification</legend>
+      <div className="grid">
+        <Field name="dataset" label="Dataset" error={errors.dataset}>
+          <select id="f-dataset" name="dataset" value={values.dataset} onChange={(e) => onChange({ dataset: e.target.value })}>
+            {(datasets.data?.data ?? [{ id: 'digits', name: 'digits' }]).map((d) => (
+              <option key={d.id} value={d.id}>{d.name}</option>
+            ))}
+          </select>
+        </Field>
+        {text('count', 'Inputs (count)', 'empty: the whole split', 'numeric')}
+        <Field name="noise" label="Noise" error={errors.noise}>
+          <select id="f-noise" name="noise" value={values.noise}
+                  onChange={(e) => onChange({ noise: e.target.value as ConfigValues['noise'] })}>
+            <option value="gaussian">Gaussian</option>
+            <option value="general_gaussian">Generalized Gaussian</option>
+          </select>
+        </Field>
+        {values.noise === 'general_gaussian' && text('k', 'k', 'generalized Gaussian exponent', 'numeric')}
+        <Field name="method" label="Method" error={errors.method}>
+          <select id="f-method" name="method" value={values.method}
+                  onChange={(e) => onChange({ method: e.target.value as ConfigValues['method'] })}>
+            <option value="np">Neyman-Pearson (Cohen)</option>
+            <option value="dsrs">DSRS (double sampling)</option>
+          </select>
+        </Field>
+        {values.method === 'dsrs' && text('q_sigma', "Q's sigma", 'Q: the same noise at this sigma')}
+        {text('sigma', 'Sigma')}
+        {text('alpha', 'Alpha', 'failure probability')}
+        {text('n', 'N', 'estimation samples (ISS: the maximum)', 'numeric')}
+        {text('n0', 'n0', 'selection samples', 'numeric')}
+        {text('batch_size', 'Batch size', undefined, 'numeric')}
+        {text('iss_delta', 'ISS budget', 'empty: fixed N')}
+        <Field name="denoiser_id" label="Denoiser" error={errors.denoiser_id}>
+          <select id="f-denoiser_id" name="denoiser_id" value={values.denoiser_id}
+                  onChange={(e) => onChange({ denoiser_id: e.target.value })}>
+            <option value="">none</option>
+            {denoisers.map((m) => <option key={m.id} value={m.id}>{m.name}</option>)}
+          </select>
+        </Field>
+      </div>
+    </fieldset>
+  );
+}

@@ -1,0 +1,141 @@
+// Client-side checks mirror the API's schema (openapi.json) so most mistakes never leave the browser;
+// the API's own 422 messages are mapped back onto the same field names by `fieldErrorsFrom422`.
+import type { JobConfig, JobCreate } from '../client/types.gen';
+
+export type Errors = Partial<Record<string, string>>;
+
+/** The model part of the add-model form, as the inputs hold it (strings). */
+export interface ModelValues {
+  file: File | null;
+  name: string;
+  format: string; // '' = detected by the API
+  input_shape: string; // "1,8,8"
+  num_classes: string;
+  class_names: string; // comma separated, optional
+  input_max: string;
+}
+
+/** The certification config, as the inputs hold it. */
+export interface ConfigValues {
+  dataset: string;
+  count: string;
+  method: 'np' | 'dsrs';
+  noise: 'gaussian' | 'general_gaussian';
+  k: string;
+  q_sigma: string;
+  sigma: string;
+  alpha: string;
+  n: string;
+  n0: string;
+  batch_size: string;
+  iss_delta: string; // '' = fixed n
+  denoiser_id: string; // '' = none
+}
+
+export const defaultModelValues: ModelValues = {
+  file: null, name: '', format: '', input_shape: '1,8,8', num_classes: '10', class_names: '', input_max: '1',
+};
+
+export const defaultConfigValues: ConfigValues = {
+  dataset: 'digits', count: '20', method: 'np', noise: 'gaussian', k: '0', q_sigma: '', sigma: '0.25',
+  alpha: '0.001', n: '10000', n0: '100', batch_size: '1000', iss_delta: '', denoiser_id: '',
+};
+
+const isInt = (s: string) => /^\s*\d+\s*$/.test(s);
+const isNum = (s: string) => s.trim() !== '' && Number.isFinite(Number(s));
+
+function positiveInt(errors: Errors, field: string, value: string, label: string, min = 1) {
+  if (!isInt(value) || Number(value) < min) errors[field] = `${label} must be a whole number ≥ ${min}`;
+}
+
+export function parseShape(text: string): number[] | null {
+  const parts = text.split(/[,x×\s]+/).filter(Boolean);
+  if (parts.length !== 3 || !parts.every(isInt) || parts.some((p) => Number(p) < 1)) return null;
+  return parts.map(Number);
+}
+
+export function validateModel(v: ModelValues): Errors {
+  const errors: Errors = {};
+  if (!v.file) errors.file = 'choose a model file (.pt, .pt2, .safetensors)';
+  if (!v.name.trim()) errors.name = 'a name is required';
+  else if (v.name.length > 255) errors.name = 'at most 255 characters';
+  if (!parseShape(v.input_shape)) errors.input_shape = 'three positive integers: channels, height, width (e.g. 1,8,8)';
+  positiveInt(errors, 'num_classes', v.num_classes, 'classes', 2);
+  const names = v.class_names.split(',').map((s) => s.trim()).filter(Boolean);
+  if (names.length && isInt(v.num_classes) && names.length !== Number(v.num_classes))
+    errors.class_names = `${names.length} names for ${v.num_classes} classes`;
+  if (!isNum(v.input_max) || Number(v.input_max) <= 0) errors.input_max = 'must be a number > 0';
+  return errors;
+}
+
+export function validateConfig(v: ConfigValues): Errors {
+  const errors: Errors = {};
+  if (!v.dataset) errors.dataset = 'choose a dataset';
+  if (v.count.trim() !== '') positiveInt(errors, 'count', v.count, 'count');
+  if (!isNum(v.sigma) || Number(v.sigma) <= 0) errors.sigma = 'sigma must be a number > 0';
+  if (!isNum(v.alpha) || Number(v.alpha) <= 0 || Number(v.alpha) >= 1) errors.alpha = 'alpha must lie in (0, 1)';
+  positiveInt(errors, 'n', v.n, 'N');
+  positiveInt(errors, 'n0', v.n0, 'n0');
+  positiveInt(errors, 'batch_size', v.batch_size, 'batch size');
+  if (v.noise === 'general_gaussian') positiveInt(errors, 'k', v.k, 'k', 0);
+  if (v.method === 'dsrs' && (!isNum(v.q_sigma) || Number(v.q_sigma) <= 0))
+    errors.q_sigma = "DSRS needs Q's sigma > 0";
+  if (v.iss_delta.trim() !== '' && (!isNum(v.iss_delta) || Number(v.iss_delta) <= 0))
+    errors.iss_delta = 'ISS budget must be a number > 0 (empty: fixed N)';
+  return errors;
+}
+
+export function modelMetadata(v: ModelValues) {
+  const names = v.class_names.split(',').map((s) => s.trim()).filter(Boolean);
+  return {
+    name: v.name.trim(),
+    ...(v.format ? { format: v.format } : {}),
+    input_shape: parseShape(v.input_shape) ?? [],
+    num_classes: Number(v.num_classes),
+    ...(names.length ? { class_names: names } : {}),
+    input_max: Number(v.input_max),
+  };
+}
+
+export function jobConfig(v: ConfigValues): JobConfig {
+  return {
+    method: v.method,
+    noise: v.noise,
+    k: v.noise === 'general_gaussian' ? Number(v.k) : 0,
+    sigma: Number(v.sigma),
+    alpha: Number(v.alpha),
+    n: Number(v.n),
+    n0: Number(v.n0),
+    batch_size: Number(v.batch_size),
+    iss_delta: v.iss_delta.trim() ? Number(v.iss_delta) : null,
+    q_sigma: v.method === 'dsrs' ? Number(v.q_sigma) : null,
+    denoiser_id: v.denoiser_id ? Number(v.denoiser_id) : null,
+  };
+}
+
+export function jobCreate(modelId: number, v: ConfigValues): JobCreate {
+  return {
+    model_id: modelId,
+    dataset: v.dataset,
+    subset: v.count.trim() ? { count: Number(v.count) } : {},
+    config: jobConfig(v),
+  };
+}
+
+/**
+ * Field errors from an API error body. A 422 list names its field by `loc`'s last string part
+ * (`["body","config","sigma"]` -> sigma); a plain-string detail lands on `fallbackField`.
+ */
+export function fieldErrorsFrom422(error: unknown, fallbackField: string): Errors {
+  const detail = (error as { detail?: unknown } | null)?.detail;
+  if (typeof detail === 'string') return { [fallbackField]: detail };
+  if (!Array.isArray(detail)) return { [fallbackField]: String((error as Error)?.message ?? error) };
+  const errors: Errors = {};
+  for (const d of detail as { loc?: (string | number)[]; msg?: string }[]) {
+    const names = (d.loc ?? []).filter((p): p is string => typeof p === 'string' && p !== 'body');
+    const field = names.at(-1) ?? fallbackField;
+    const key = field === 'metadata' ? fallbackField : field;
+    errors[key] = errors[key] ? `${errors[key]}; ${d.msg}` : (d.msg ?? 'invalid');
+  }
+  return errors;
+}

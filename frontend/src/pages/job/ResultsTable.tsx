@@ -1,0 +1,61 @@
+import { useMemo, useState } from 'react';
+import type { ResultRowPublic } from '../../client/types.gen';
+
+type Key = 'index' | 'label' | 'prediction' | 'radius' | 'p_lower' | 'samples' | 'seconds';
+const COLUMNS: [Key, string][] = [
+  ['index', 'Input'], ['label', 'Label'], ['prediction', 'Prediction'], ['radius', 'Radius'],
+  ['p_lower', 'pA bounds'], ['samples', 'Samples'], ['seconds', 'Seconds'],
+];
+const PAGE = 25;
+
+/** Per-input certificates, sorted by any column and shown a page at a time. */
+export function ResultsTable({ rows, classNames }: { rows: ResultRowPublic[]; classNames?: string[] | null }) {
+  const [sort, setSort] = useState<{ key: Key; desc: boolean }>({ key: 'index', desc: false });
+  const [page, setPage] = useState(0);
+  const sorted = useMemo(() => {
+    const out = [...rows].sort((a, b) => (a[sort.key] as number) - (b[sort.key] as number));
+    return sort.desc ? out.reverse() : out;
+  }, [rows, sort]);
+  const pages = Math.max(1, Math.ceil(sorted.length / PAGE));
+  const shown = sorted.slice(page * PAGE, (page + 1) * PAGE);
+  const name = (c: number) => (c < 0 ? 'abstain' : classNames?.[c] ?? String(c));
+  const toggle = (key: Key) => { setSort((s) => ({ key, desc: s.key === key ? !s.desc : false })); setPage(0); };
+
+  return (
+    <div>
+      <div className="table-wrap">
+        <table className="results" data-testid="results-table">
+          <thead>
+            <tr>
+              {COLUMNS.map(([key, label]) => (
+                <th key={key} aria-sort={sort.key === key ? (sort.desc ? 'descending' : 'ascending') : 'none'}>
+                  <button className="link" onClick={() => toggle(key)}>
+                    {label}{sort.key === key ? (sort.desc ? ' ▼' : ' ▲') : ''}
+                  </button>
+                </th>
+              ))}
+            </tr>
+          </thead>
+          <tbody>
+            {shown.map((r) => (
+              <tr key={r.index} className={r.prediction < 0 ? 'abstain' : r.correct ? 'correct' : 'wrong'}>
+                <td>{r.index}</td>
+                <td>{name(r.label)}</td>
+                <td>{name(r.prediction)}</td>
+                <td>{r.radius.toFixed(3)}</td>
+                <td>[{r.p_lower.toFixed(4)}, {r.p_upper.toFixed(4)}]{r.q_lower != null && ` Q [${r.q_lower.toFixed(4)}, ${r.q_upper?.toFixed(4)}]`}</td>
+                <td>{r.samples.toLocaleString()}</td>
+                <td>{r.seconds.toFixed(2)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+      <div className="pager">
+        <button onClick={() => setPage((p) => p - 1)} disabled={page === 0}>Previous</button>
+        <span>page {page + 1} of {pages} ({rows.length} inputs)</span>
+        <button onClick={() => setPage((p) => p + 1)} disabled={page + 1 >= pages}>Next</button>
+      </div>
+    </div>
+  );
+}
