@@ -1,0 +1,64 @@
+import { describe, expect, it } from 'vitest';
+import {
+  defaultConfigValues, defaultModelValues, fieldErrorsFrom422, jobCreate, modelMetadata, parseShape, validateConfig,
+  validateModel,
+} from './validation';
+
+const file = new File(['x'], 'cnn.pt');
+
+describe('validateModel', () => {
+  it('accepts a complete model', () => {
+    expect(validateModel({ ...defaultModelValues, file, name: 'cnn' })).toEqual({});
+  });
+  it('names each missing or malformed field', () => {
+    const errors = validateModel({ ...defaultModelValues, file: null, name: ' ', input_shape: '8,8', num_classes: '1', input_max: '0' });
+    expect(Object.keys(errors).sort()).toEqual(['file', 'input_max', 'input_shape', 'name', 'num_classes']);
+  });
+  it('checks class names against the class count', () => {
+    expect(validateModel({ ...defaultModelValues, file, name: 'c', num_classes: '3', class_names: 'a,b' }).class_names)
+      .toBe('2 names for 3 classes');
+  });
+  it('parses shapes written several ways', () => {
+    expect(parseShape('3, 32, 32')).toEqual([3, 32, 32]);
+    expect(parseShape('1x8x8')).toEqual([1, 8, 8]);
+    expect(parseShape('1,0,8')).toBeNull();
+  });
+  it('builds the metadata the API expects', () => {
+    expect(modelMetadata({ ...defaultModelValues, file, name: ' cnn ', class_names: '' }))
+      .toEqual({ name: 'cnn', input_shape: [1, 8, 8], num_classes: 10, input_max: 1 });
+  });
+});
+
+describe('validateConfig', () => {
+  it('accepts the defaults', () => expect(validateConfig(defaultConfigValues)).toEqual({}));
+  it('rejects values outside the API schema', () => {
+    const errors = validateConfig({ ...defaultConfigValues, sigma: '0', alpha: '1', n: '1.5', n0: '', batch_size: '-3', count: '0' });
+    expect(Object.keys(errors).sort()).toEqual(['alpha', 'batch_size', 'count', 'n', 'n0', 'sigma']);
+  });
+  it("asks DSRS for Q's sigma and generalized Gaussian for k", () => {
+    const errors = validateConfig({ ...defaultConfigValues, method: 'dsrs', q_sigma: '', noise: 'general_gaussian', k: 'x' });
+    expect(errors.q_sigma).toMatch(/Q/);
+    expect(errors.k).toBeDefined();
+  });
+  it('treats an empty ISS budget as fixed N', () => {
+    expect(validateConfig({ ...defaultConfigValues, iss_delta: '' })).toEqual({});
+    expect(jobCreate(1, defaultConfigValues).config.iss_delta).toBeNull();
+    expect(validateConfig({ ...defaultConfigValues, iss_delta: '-1' }).iss_delta).toBeDefined();
+  });
+  it('sends only the fields that apply', () => {
+    const body = jobCreate(5, { ...defaultConfigValues, count: '20' });
+    expect(body).toMatchObject({ model_id: 5, dataset: 'digits', subset: { count: 20 } });
+    expect(body.config).toMatchObject({ method: 'np', noise: 'gaussian', k: 0, sigma: 0.25, q_sigma: null, denoiser_id: null });
+  });
+});
+
+describe('fieldErrorsFrom422', () => {
+  it('maps FastAPI locations onto field names', () => {
+    const error = { detail: [{ loc: ['body', 'config', 'sigma'], msg: 'Input should be greater than 0' },
+      { loc: ['input_shape'], msg: 'bad shape' }] };
+    expect(fieldErrorsFrom422(error, 'form')).toEqual({ sigma: 'Input should be greater than 0', input_shape: 'bad shape' });
+  });
+  it('puts a sentence on the fallback field', () => {
+    expect(fieldErrorsFrom422({ detail: 'the model fails on a zero input' }, 'file')).toEqual({ file: 'the model fails on a zero input' });
+  });
+});

@@ -1,0 +1,48 @@
+import { describe, expect, it, vi, afterEach } from 'vitest';
+import { render, screen, cleanup } from '@testing-library/react';
+import userEvent from '@testing-library/user-event';
+import { QueryClient, QueryClientProvider } from '@tanstack/react-query';
+import { MemoryRouter } from 'react-router-dom';
+import { client } from '../../api';
+import { AddModelPage } from './AddModelPage';
+
+client.setConfig({ baseUrl: 'http://localhost' }); // jsdom's Request needs an absolute URL
+
+function renderPage(fetchMock: ReturnType<typeof vi.fn>) {
+  vi.stubGlobal('fetch', fetchMock);
+  const client = new QueryClient({ defaultOptions: { queries: { retry: false } } });
+  render(<QueryClientProvider client={client}><MemoryRouter><AddModelPage /></MemoryRouter></QueryClientProvider>);
+}
+const json = (status: number, body: unknown) => new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } });
+
+afterEach(() => { cleanup(); vi.unstubAllGlobals(); });
+
+describe('AddModelPage', () => {
+  it('shows errors beside the fields and sends nothing while the form is invalid', async () => {
+    const fetchMock = vi.fn(async (req: Request) => json(200, { data: [], count: 0, url: req.url }));
+    renderPage(fetchMock);
+    const user = userEvent.setup();
+    await user.clear(screen.getByLabelText('Sigma'));
+    await user.type(screen.getByLabelText('Sigma'), '-1');
+    await user.click(screen.getByRole('button', { name: 'Add and certify' }));
+    expect(await screen.findByText(/choose a model file/)).toBeInTheDocument();
+    expect(screen.getByText('a name is required')).toBeInTheDocument();
+    expect(screen.getByText('sigma must be a number > 0')).toBeInTheDocument();
+    const posts = fetchMock.mock.calls.filter(([req]) => (req as Request).method === 'POST');
+    expect(posts).toHaveLength(0);
+  });
+
+  it("shows the API's 422 message beside the field it names", async () => {
+    const fetchMock = vi.fn(async (req: Request) =>
+      req.method === 'POST'
+        ? json(422, { detail: [{ loc: ['input_shape'], msg: 'the model fails on input shape (1, 8, 8)' }] })
+        : json(200, { data: [], count: 0 }));
+    renderPage(fetchMock);
+    const user = userEvent.setup();
+    await user.upload(screen.getByLabelText('File'), new File(['x'], 'cnn.pt'));
+    await user.type(screen.getByLabelText('Name'), 'cnn');
+    await user.click(screen.getByRole('button', { name: 'Add and certify' }));
+    const message = await screen.findByText('the model fails on input shape (1, 8, 8)');
+    expect(message).toHaveAttribute('data-field', 'input_shape');
+  });
+});
