@@ -40,6 +40,7 @@ class ModelFormat(str, Enum):
     state_dict = "state_dict"
     safetensors = "safetensors"
     export = "export"
+    onnx = "onnx"
 
 
 class ModelKind(str, Enum):

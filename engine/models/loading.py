@@ -23,8 +23,8 @@ from torch import nn
 
 from engine.models.registry import create_model
 
-Format = Literal["torchscript", "state_dict", "safetensors", "export"]
-FORMATS: tuple[str, ...] = ("torchscript", "state_dict", "safetensors", "export")
+Format = Literal["torchscript", "state_dict", "safetensors", "export", "onnx"]
+FORMATS: tuple[str, ...] = ("torchscript", "state_dict", "safetensors", "export", "onnx")
 
 
 class UnsafeModelError(ValueError):
@@ -38,6 +38,8 @@ def detect_format(path: str | Path) -> Format:
         return "safetensors"
     if path.suffix == ".pt2":
         return "export"
+    if path.suffix == ".onnx":
+        return "onnx"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -210,6 +212,37 @@ def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu")
     return model.to(map_location)
 
 
+class OnnxModel(nn.Module):
+    """An ONNX graph run by onnxruntime (CPU, or CUDA when its provider is installed); no Python code is loaded."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        import onnxruntime
+
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in onnxruntime.get_available_providers()]
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as error:  # noqa: BLE001  onnxruntime raises its own untyped errors
+            raise ValueError(f"{path} is not a readable ONNX model: {error}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f"{path}: an ONNX classifier must take one input, this one takes {len(inputs)}")
+        batch = inputs[0].shape[0] if inputs[0].shape else None
+        if isinstance(batch, int):
+            raise ValueError(f"{path}: the ONNX input's batch dimension is fixed at {batch}; export it as dynamic "  # noqa: TRY004
+                             "(dynamic_axes={'input': {0: 'batch'}}) so noisy copies can be batched")
+        self.input_name = inputs[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def load_onnx(path: str | Path) -> nn.Module:
+    return OnnxModel(path)
+
+
 def load_model(path: str | Path, format: Format | None = None, arch: str | None = None, *,
                map_location: str | torch.device = "cpu", strict: bool = True, **arch_kwargs: Any) -> nn.Module:
     """Load a classifier from ``path`` in eval mode; ``format`` is detected when None.
@@ -229,6 +262,8 @@ def load_model(path: str | Path, format: Format | None = None, arch: str | None 
         model = load_safetensors_model(path, arch, map_location=map_location, strict=strict, **arch_kwargs)
     elif fmt == "export":
         model = load_exported(path, map_location=map_location)
+    elif fmt == "onnx":
+        model = load_onnx(path)
     else:
         raise ValueError(f"unknown model format {fmt!r}: use one of {', '.join(FORMATS)}")
     return model.eval()

@@ -250,3 +250,34 @@ def test_a_zip_of_class_folders_is_a_dataset(service, model_id):
         assert dataset["size"] == 6 and dataset["input_shape"] == [1, 8, 8]
         assert dataset["class_names"] == ["one", "zero"] and dataset["num_classes"] == 2
         assert start_job(client, model_id, dataset=dataset["id"]).status_code == 201
+
+
+def centroid_onnx(path: Path, batch: int | str = "batch") -> Path:
+    """Nearest class mean on digits as an ONNX graph (Flatten, Gemm), built with onnx.helper: no exporter needed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    train = load_dataset("digits", split="train")
+    flat = train.x.flatten(1).numpy()
+    means = np.stack([flat[train.y.numpy() == c].mean(0) for c in range(10)]).astype(np.float32)
+    bias = (-0.5 * (means ** 2).sum(1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["flat"]), helper.make_node("Gemm", ["flat", "w", "b"], ["y"], transB=1)],
+        "centroid", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])],
+        [numpy_helper.from_array(means, "w"), numpy_helper.from_array(bias, "b")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_an_onnx_model_registers_and_certifies(service, tmp_path):
+    pytest.importorskip("onnxruntime")
+    meta = {**DIGITS_META, "name": "centroid-onnx", "format": None}
+    with service.client() as client:
+        fixed = upload_model(client, centroid_onnx(tmp_path / "fixed.onnx", batch=1), meta)
+        assert fixed.status_code == 422 and "batch dimension" in fixed.json()["detail"]
+        created = upload_model(client, centroid_onnx(tmp_path / "centroid.onnx"), meta)
+        assert created.status_code == 201 and created.json()["format"] == "onnx", created.text
+        job_id = start_job(client, created.json()["id"], subset={"count": 4}).json()["id"]
+        job = wait_for(client, job_id, lambda j: j["state"] in ("done", "failed"))
+        assert job["state"] == "done" and sum(r["correct"] for r in all_rows(client, job_id)) >= 3

@@ -57,7 +57,7 @@ def upgrade() -> None:
     op.create_table('model',
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('kind', sa.Enum('classifier', 'denoiser', name='modelkind'), nullable=False),
-    sa.Column('format', sa.Enum('torchscript', 'state_dict', 'safetensors', 'export', name='modelformat'), nullable=True),
+    sa.Column('format', sa.Enum('torchscript', 'state_dict', 'safetensors', 'export', 'onnx', name='modelformat'), nullable=True),
     sa.Column('arch', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=True),
     sa.Column('input_shape', sa.JSON(), nullable=False),
     sa.Column('num_classes', sa.Integer(), nullable=True),

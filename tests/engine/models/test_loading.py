@@ -133,7 +133,7 @@ def test_garbage_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="unknown model format"):
-        load_model(path, format="onnx")
+        load_model(path, format="keras")
 
 
 def test_shape_mismatch_with_the_architecture_is_reported(tmp_path, digits_model):
