@@ -2,7 +2,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-services bench lint run openapi
+.PHONY: install test test-services bench lint run openapi frontend test-frontend test-e2e
 
 install:
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
@@ -19,7 +19,7 @@ test-services: install
 		$(PYTHON) -m pytest -q -p no:xdist tests/backend
 
 # API on http://127.0.0.1:$${PORT:-8000}, one worker, embedded Redis unless REDIS_URL is set; Ctrl-C stops all
-run: install
+run: install frontend
 	$(PYTHON) -m backend.run
 
 openapi:
@@ -30,3 +30,14 @@ bench: install
 
 lint:
 	$(PYTHON) -m ruff check engine backend tests bench
+
+# the dashboard: node deps from package-lock.json, the API client generated from openapi.json, then frontend/dist
+frontend:
+	cd frontend && npm ci --no-audit --no-fund && npm run generate && npm run build
+
+# Vitest component tests, then the browser tests (Debian's chromium) against a real API and worker
+test-frontend: frontend
+	cd frontend && npm test
+
+test-e2e: install frontend
+	KAVACH_E2E=1 $(PYTHON) -m pytest -q -p no:xdist tests/e2e

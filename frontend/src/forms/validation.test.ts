@@ -42,7 +42,7 @@ describe('validateConfig', () => {
   });
   it('treats an empty ISS budget as fixed N', () => {
     expect(validateConfig({ ...defaultConfigValues, iss_delta: '' })).toEqual({});
-    expect(jobCreate(1, defaultConfigValues).config.iss_delta).toBeNull();
+    expect(jobCreate(1, defaultConfigValues).config?.iss_delta).toBeNull();
     expect(validateConfig({ ...defaultConfigValues, iss_delta: '-1' }).iss_delta).toBeDefined();
   });
   it('sends only the fields that apply', () => {

@@ -1,0 +1,153 @@
+// The dashboard end to end in Debian's chromium (driven by playwright-core; no browser download).
+// Started by tests/e2e/test_dashboard.py, which runs the service and passes KAVACH_URL, KAVACH_TOKEN,
+// KAVACH_MODEL (a TorchScript digits CNN), CHROMIUM, SCREENSHOTS and PROFILE_DIR.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const { KAVACH_URL: url, KAVACH_TOKEN: token, KAVACH_MODEL: modelFile, SCREENSHOTS: shots, PROFILE_DIR: profile } = process.env;
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const TIMEOUT = 120_000;
+
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: CHROMIUM,
+  headless: true,
+  // without the background-networking flags chromium's own connections are refused in a closed network
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+  viewport: { width: 1280, height: 860 },
+});
+const page = context.pages()[0] ?? (await context.newPage());
+page.setDefaultTimeout(30_000);
+const errors = [];
+page.on('pageerror', (e) => errors.push(String(e)));
+const shot = (name, fullPage = true) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage });
+const step = (text) => console.log(`- ${text}`);
+
+async function certifyFromForm({ count, sigma }) {
+  await page.fill('#f-count', String(count));
+  await page.fill('#f-sigma', String(sigma));
+  await page.fill('#f-n', '2000');
+  await page.fill('#f-n0', '50');
+  await page.fill('#f-batch_size', '500');
+}
+
+/** Waits on the job page until the live progress reads total/total and the job is done; returns the job id. */
+async function watchJob(total) {
+  await page.waitForURL(/#\/jobs\/\d+/);
+  const id = Number(page.url().match(/#\/jobs\/(\d+)/)[1]);
+  await page.getByTestId('progress').waitFor();
+  await page.getByTestId('progress-count').filter({ hasText: `${total}/${total} inputs (100%)` }).waitFor({ timeout: TIMEOUT });
+  await page.getByTestId('job-state').filter({ hasText: 'done' }).waitFor({ timeout: TIMEOUT });
+  assert.equal(await page.getByRole('progressbar').getAttribute('aria-valuenow'), '100');
+  return id;
+}
+
+try {
+  step('no token: the token screen says so and links to the API docs');
+  await page.goto(`${url}/`);
+  await page.getByText('No API token yet').waitFor();
+  assert.equal(await page.getByRole('link', { name: '/docs' }).getAttribute('href'), '/docs');
+  await shot('01-token');
+
+  step('a wrong token is refused with a clear message');
+  await page.fill('input[name=token]', 'not-a-token');
+  await page.click('button:has-text("Save token")');
+  await page.getByText('The API refused that token').waitFor();
+  await shot('02-token-refused');
+
+  step('the right token opens the (empty) models list');
+  await page.fill('input[name=token]', token);
+  await page.click('button:has-text("Save token")');
+  await page.getByRole('heading', { name: 'Models' }).waitFor();
+  await page.getByText('No models yet').waitFor();
+
+  step('the add-model form validates before sending');
+  await page.getByRole('link', { name: 'Add model' }).first().click();
+  await page.fill('#f-sigma', '0');
+  await page.click('button[type=submit]');
+  await page.getByText('a name is required').waitFor();
+  await page.getByText('sigma must be a number > 0').waitFor();
+  await page.getByText('choose a model file').waitFor();
+  await shot('03-add-model-invalid');
+
+  step("the API's 422 lands beside the field: a shape the model cannot take");
+  await page.setInputFiles('#f-file', modelFile);
+  await page.fill('#f-name', 'digits-cnn');
+  await page.fill('#f-input_shape', '3,8,8');
+  await certifyFromForm({ count: 12, sigma: 0.25 });
+  await page.click('button[type=submit]');
+  const apiError = page.locator('.field.invalid .error[data-field=file]');
+  await apiError.waitFor({ timeout: TIMEOUT });
+  console.log(`  API said: ${await apiError.textContent()}`);
+  await shot('04-add-model-api-422');
+
+  step('add the model and certify 12 digits; progress reaches 100% live');
+  await page.fill('#f-input_shape', '1,8,8');
+  await page.fill('#f-class_names', '0,1,2,3,4,5,6,7,8,9');
+  await page.click('button[type=submit]');
+  await page.waitForURL(/#\/jobs\/\d+/);
+  await shot('05-job-running', false);
+  const first = await watchJob(12);
+
+  step('the result: curve, histogram, summary and a sortable table of 12 inputs');
+  await page.locator('[data-testid=curve-chart] .recharts-line path.recharts-curve').first().waitFor();
+  await page.locator('[data-testid=histogram-chart] .recharts-bar-rectangle').first().waitFor();
+  await page.getByTestId('summary').getByText('ACR').waitFor();
+  await page.locator('[data-testid=results-table] tbody tr').nth(11).waitFor();
+  assert.equal(await page.locator('[data-testid=results-table] tbody tr').count(), 12);
+  await page.click('th button:has-text("Radius")');
+  await page.click('th button:has-text("Radius")');
+  const radii = (await page.locator('[data-testid=results-table] tbody tr td:nth-child(4)').allTextContents()).map(Number);
+  assert.deepEqual(radii, [...radii].sort((a, b) => b - a), 'radius column sorted descending');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('button:has-text("Download CSV")')]);
+  assert.equal(download.suggestedFilename(), `job-${first}-results.csv`);
+  await shot('06-job-done');
+
+  step('the models list shows the latest result; Certify from the row starts a second job');
+  await page.getByRole('link', { name: 'Models', exact: true }).click();
+  const row = page.locator('tr[data-model="digits-cnn"]');
+  await row.getByRole('link', { name: `job #${first}` }).waitFor();
+  await page.waitForFunction(() => !document.querySelector('tr[data-model="digits-cnn"]').textContent.includes('…'));
+  await shot('07-models');
+  await row.getByRole('link', { name: 'Certify' }).click();
+  await page.getByRole('heading', { name: 'Certify digits-cnn' }).waitFor();
+  await certifyFromForm({ count: 12, sigma: 0.5 });
+  await page.click('button[type=submit]');
+  const second = await watchJob(12);
+
+  step('compare the two jobs: two curves, a legend naming each config');
+  await page.getByRole('link', { name: 'Compare' }).first().click();
+  // the chosen jobs live in the URL: each click is a navigation, so wait for it rather than the box itself
+  await page.getByLabel(`compare job ${first}`).click();
+  await page.waitForURL(new RegExp(`jobs=${first}$`));
+  await page.getByLabel(`compare job ${second}`).click();
+  await page.waitForURL(new RegExp(`jobs=${first}%2C${second}$|jobs=${first},${second}$`));
+  assert.ok(await page.getByLabel(`compare job ${second}`).isChecked());
+  const legend = page.locator('[data-testid=curve-chart] .recharts-legend-item');
+  await legend.nth(1).waitFor();
+  const names = await legend.allTextContents();
+  assert.equal(names.length, 2);
+  assert.ok(names.some((n) => n.includes(`#${first}`) && n.includes('σ=0.25')), names.join(' | '));
+  assert.ok(names.some((n) => n.includes(`#${second}`) && n.includes('σ=0.5')), names.join(' | '));
+  assert.equal(await page.locator('[data-testid=curve-chart] .recharts-line').count(), 2);
+  await shot('08-compare');
+
+  step('a phone-sized screen');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto(`${url}/#/jobs/${first}`);
+  await page.locator('[data-testid=results-table] tbody tr').first().waitFor();
+  await shot('09-phone-job');
+  await page.goto(`${url}/#/`);
+  await page.locator('tr[data-model="digits-cnn"]').waitFor();
+  await shot('10-phone-models', false);
+
+  assert.deepEqual(errors, [], 'no uncaught errors in the page');
+  console.log('dashboard e2e: all steps passed');
+} catch (error) {
+  await shot('failure').catch(() => {});
+  console.error(error);
+  process.exitCode = 1;
+} finally {
+  await context.close();
+}
