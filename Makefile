@@ -8,8 +8,10 @@ install:
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -e '.[dev,web]'
 
-test: install
-	$(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) tests
+# KAVACH_E2E=1: the dashboard's browser tests (tests/e2e) run too; they need `make frontend` and /usr/bin/chromium
+test: install frontend
+	cd frontend && npm test
+	KAVACH_E2E=1 $(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) tests
 
 # the storage and queue tests against real servers (CI has PostgreSQL and Redis on loopback)
 TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
