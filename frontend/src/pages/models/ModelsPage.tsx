@@ -51,17 +51,17 @@ export function ModelsPage() {
           <div className="table-wrap">
             <table className="models">
               <thead>
-                <tr><th>Name</th><th>Format</th><th>Input</th><th>Classes</th><th>Added</th>
+                <tr><th>Name</th><th className="wide-only">Format</th><th className="wide-only">Input</th><th className="wide-only">Classes</th><th className="wide-only">Added</th>
                   <th>Cert. acc. @ {r}</th><th>ACR</th><th>Latest job</th><th /></tr>
               </thead>
               <tbody>
                 {models.data.data.map((m) => (
                   <tr key={m.id} data-model={m.name}>
                     <td>{m.name}{m.kind === 'denoiser' && <span className="muted"> (denoiser)</span>}</td>
-                    <td>{m.format}</td>
-                    <td>{m.input_shape.join('×')}</td>
-                    <td>{m.num_classes ?? '–'}</td>
-                    <td>{new Date(m.created_at).toLocaleDateString()}</td>
+                    <td className="wide-only">{m.format}</td>
+                    <td className="wide-only">{m.input_shape.join('×')}</td>
+                    <td className="wide-only">{m.num_classes ?? '–'}</td>
+                    <td className="wide-only">{new Date(m.created_at).toLocaleDateString()}</td>
                     <LatestResult job={latest.get(m.id)} radius={r} />
                     <td>{m.kind !== 'denoiser' && <Link className="button small" to={`/models/${m.id}/certify`}>Certify</Link>}</td>
                   </tr>
