@@ -61,8 +61,8 @@ export function AddModelPage() {
         <fieldset>
           <legend>Model</legend>
           <div className="grid">
-            <Field name="file" label="File" error={errors.file} hint="TorchScript .pt, torch.export .pt2, safetensors">
-              <input id="f-file" name="file" type="file" accept=".pt,.pt2,.pth,.safetensors"
+            <Field name="file" label="File" error={errors.file} hint="TorchScript .pt, torch.export .pt2, ONNX, safetensors">
+              <input id="f-file" name="file" type="file" accept=".pt,.pt2,.pth,.safetensors,.onnx"
                      onChange={(e) => patchModel({ file: e.target.files?.[0] ?? null })} />
             </Field>
             {text('name', 'Name')}
@@ -73,6 +73,7 @@ export function AddModelPage() {
                 <option value="export">torch.export</option>
                 <option value="safetensors">safetensors</option>
                 <option value="state_dict">state dict</option>
+                <option value="onnx">ONNX</option>
               </select>
             </Field>
             {text('input_shape', 'Input shape', 'C,H,W')}
