@@ -10,6 +10,8 @@ from pydantic import model_validator
 from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from engine.options import Method, NoiseKind
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -46,16 +48,6 @@ class ModelFormat(str, Enum):
 class ModelKind(str, Enum):
     classifier = "classifier"
     denoiser = "denoiser"
-
-
-class Method(str, Enum):
-    np = "np"
-    dsrs = "dsrs"
-
-
-class NoiseKind(str, Enum):
-    gaussian = "gaussian"
-    general_gaussian = "general_gaussian"
 
 
 # -- owners and tokens --------------------------------------------------------------------------

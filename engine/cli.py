@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +31,7 @@ from engine.metrics import (
 )
 from engine.models import UnsafeModelError, list_models, load_model
 from engine.noise import make_noise
+from engine.options import ISSMode, Method, NoiseKind
 from engine.schedule import ISSSchedule
 from engine.smooth import SmoothedClassifier
 
@@ -39,21 +39,6 @@ app = typer.Typer(help="Certified robustness of image classifiers by randomized 
                   add_completion=False)
 console = Console()
 progress_console = Console(stderr=True)
-
-
-class NoiseKind(str, Enum):
-    gaussian = "gaussian"
-    general_gaussian = "general_gaussian"
-
-
-class MethodName(str, Enum):
-    np = "np"
-    dsrs = "dsrs"
-
-
-class ISSMode(str, Enum):
-    absolute = "absolute"
-    relative = "relative"
 
 
 @app.callback()
@@ -130,7 +115,7 @@ def certify(
     sigma: Annotated[float, typer.Option(help="noise level on the [0, 1] input scale")] = 0.25,
     noise: Annotated[NoiseKind, typer.Option(help="smoothing distribution")] = NoiseKind.gaussian,
     k: Annotated[int, typer.Option(help="generalized Gaussian exponent (d/2 - k > 0)")] = 0,
-    method: Annotated[MethodName, typer.Option(help="np (Cohen et al.) or dsrs (Li et al.)")] = MethodName.np,
+    method: Annotated[Method, typer.Option(help="np (Cohen et al.) or dsrs (Li et al.)")] = Method.np,
     q_sigma: Annotated[float | None, typer.Option(help="DSRS: Q is the same noise at this smaller sigma")] = None,
     q_threshold: Annotated[str | None, typer.Option(help="DSRS: Q is P truncated at this quantile, or auto")] = None,
     n0: Annotated[int, typer.Option(help="selection samples")] = 100,
@@ -170,7 +155,7 @@ def certify(
     smoothed = SmoothedClassifier(net, classes, smoothing, channels_last=channels_last and is_eager(net))
     schedule = None
     if iss_delta is not None:
-        if method is not MethodName.np:
+        if method is not Method.np:
             raise fail("--iss-delta (input-specific sampling) works with --method np")
         schedule = ISSSchedule(sigma, n, alpha, delta=iss_delta, mode=iss_mode.value, batch_size=batch_size)
     q_t = parse_q_threshold(q_threshold)

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from backend.core.config import Settings, get_settings
-from backend.crud import owner_for_token
+from backend.crud import get_owned, owner_for_token
 from backend.db import get_engine
 from backend.models import Owner
 
@@ -42,3 +42,11 @@ def get_current_owner(session: SessionDep,
 
 
 CurrentOwner = Annotated[Owner, Depends(get_current_owner)]
+
+
+def owned_or_404(session: Session, owner: Owner, table: type, id: int, what: str):
+    """The owner's row of ``table``; another owner's row gets the same 404 as a missing one."""
+    row = get_owned(session=session, table=table, id=id, owner=owner)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {id} not found")
+    return row

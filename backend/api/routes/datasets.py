@@ -8,8 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, select
 
 from backend import storage
-from backend.api.deps import CurrentOwner, SessionDep, SettingsDep
-from backend.crud import get_owned
+from backend.api.deps import CurrentOwner, SessionDep, SettingsDep, owned_or_404
 from backend.datasets import builtin_datasets, dataset_public, ingest_upload
 from backend.models import Dataset, DatasetPublic, DatasetsPublic, Job, Message
 
@@ -55,10 +54,7 @@ async def create_dataset(
 
 
 def owned_dataset(session: SessionDep, owner: CurrentOwner, id: int) -> Dataset:
-    row = get_owned(session=session, table=Dataset, id=id, owner=owner)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {id} not found")
-    return row
+    return owned_or_404(session, owner, Dataset, id, "dataset")
 
 
 @router.get("/{id}", response_model=DatasetPublic)

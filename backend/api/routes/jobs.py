@@ -9,8 +9,7 @@ from sqlmodel import Session
 from sse_starlette import EventSourceResponse
 
 from backend import jobs
-from backend.api.deps import CurrentOwner, QueueDep, SessionDep, SettingsDep
-from backend.crud import get_owned
+from backend.api.deps import CurrentOwner, QueueDep, SessionDep, SettingsDep, owned_or_404
 from backend.db import get_engine
 from backend.models import Job, JobCreate, JobPublic, JobsPublic, Message, Owner
 from backend.queue import ShardTask, enqueue_shards
@@ -19,10 +18,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 def owned_job(session: Session, owner: Owner, id: int) -> Job:
-    job = get_owned(session=session, table=Job, id=id, owner=owner)
-    if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {id} not found")
-    return job
+    return owned_or_404(session, owner, Job, id, "job")
 
 
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED,

@@ -11,8 +11,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from backend import storage
-from backend.api.deps import CurrentOwner, SessionDep, SettingsDep
-from backend.crud import get_owned
+from backend.api.deps import CurrentOwner, SessionDep, SettingsDep, owned_or_404
 from backend.modelfiles import ModelRejected, check_model_file
 from backend.models import Job, Message, Model, ModelCreate, ModelFormat, ModelKind, ModelPublic, ModelsPublic
 
@@ -66,10 +65,7 @@ def read_models(session: SessionDep, owner: CurrentOwner, offset: int = 0, limit
 
 
 def owned_model(session: SessionDep, owner: CurrentOwner, id: int) -> Model:
-    model = get_owned(session=session, table=Model, id=id, owner=owner)
-    if model is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"model {id} not found")
-    return model
+    return owned_or_404(session, owner, Model, id, "model")
 
 
 @router.get("/{id}", response_model=ModelPublic)

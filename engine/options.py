@@ -1,0 +1,20 @@
+"""The certification vocabulary shared by the CLI and the service: methods, noise laws, ISS modes."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Method(str, Enum):
+    np = "np"  # Neyman-Pearson (Cohen et al. 2019)
+    dsrs = "dsrs"  # double sampling (Li et al. 2022)
+
+
+class NoiseKind(str, Enum):
+    gaussian = "gaussian"
+    general_gaussian = "general_gaussian"
+
+
+class ISSMode(str, Enum):
+    absolute = "absolute"
+    relative = "relative"
