@@ -10,10 +10,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from sqlmodel import Session
 
+from backend.core.config import get_settings
 from backend.crud import get_owned
 from backend.models import Dataset, DatasetPublic, Owner
 from engine.data import ImageDataset, load_dataset, load_npz
-from engine.data.datasets import FASHION_MNIST_ROOT, validate_images
+from engine.data.datasets import FASHION_MNIST_ROOT, load_cifar10, validate_images
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -22,11 +23,16 @@ def builtin_names() -> list[str]:
     names = ["digits"]
     if FASHION_MNIST_ROOT.is_dir():
         names.append("fashion_mnist")
+    cifar = get_settings().CIFAR10_DIR
+    if cifar is not None and cifar.is_dir():
+        names.append("cifar10")
     return names
 
 
 @lru_cache(maxsize=8)
 def load_builtin(name: str, split: str) -> ImageDataset:
+    if name == "cifar10":
+        return load_cifar10(split, root=get_settings().CIFAR10_DIR)
     return load_dataset(name, split=split)
 
 

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from engine.data.cifar import cifar10_arrays
 from engine.data.idx import read_idx
 
 FASHION_MNIST_ROOT = Path(os.environ.get("KAVACH_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
@@ -108,7 +109,13 @@ def load_fashion_mnist(split: str = "test", root: str | Path | None = None) -> I
     return validate_images(x, y, str(root))
 
 
-DATASETS = {"digits": load_digits, "fashion_mnist": load_fashion_mnist}
+def load_cifar10(split: str = "test", root: str | Path | None = None) -> ImageDataset:
+    """CIFAR-10 from a cifar-10-batches-py folder (default: $KAVACH_CIFAR10), read without unpickling code."""
+    x, y = cifar10_arrays(split, root)
+    return validate_images(x, y, "cifar10")
+
+
+DATASETS = {"digits": load_digits, "fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10}
 
 
 def load_dataset(name_or_path: str | Path, *, split: str = "test") -> ImageDataset:
