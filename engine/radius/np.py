@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-import numpy as np
 from scipy.special import ndtri
 
 from engine.radius.radial import RadialSetting
@@ -128,7 +127,3 @@ def _general_gaussian_np_radius(p_lower: float, d: int, k: int, sigma: float) ->
         r -= max(1e-6, 1e-4 * r)
     return 0.0
 
-
-def np_radius_array(p_lower: np.ndarray, **kwargs) -> np.ndarray:
-    """np_radius over an array of lower bounds."""
-    return np.array([np_radius(float(p), **kwargs) for p in np.ravel(p_lower)]).reshape(np.shape(p_lower))

@@ -366,10 +366,7 @@ class RadialSetting:
 
 def _bisect(f, lo: np.ndarray, hi: np.ndarray, iters: int) -> np.ndarray:
     """Vectorised bisection for an increasing f with f(lo) <= 0 <= f(hi); returns the midpoint."""
-    lo = np.array(lo, dtype=float, copy=True)
-    hi = np.array(hi, dtype=float, copy=True)
-    lo, hi = np.broadcast_arrays(lo, hi)
-    lo, hi = lo.copy(), hi.copy()
+    lo, hi = (np.array(v, dtype=float) for v in np.broadcast_arrays(lo, hi))
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         with np.errstate(invalid="ignore"):
