@@ -90,7 +90,7 @@ try {
   await shot('05-job-running', false);
   const first = await watchJob(12);
 
-  step('the result: curve, histogram, summary and a sortable table of 12 inputs');
+  step('the result: curve, histogram, summary and a sortable table of 12 inputs with thumbnails');
   await page.locator('[data-testid=curve-chart] .recharts-line path.recharts-curve').first().waitFor();
   await page.locator('[data-testid=histogram-chart] .recharts-bar-rectangle').first().waitFor();
   await page.getByTestId('summary').getByText('ACR').waitFor();
@@ -100,6 +100,10 @@ try {
   await page.click('th button:has-text("Radius")');
   const radii = (await page.locator('[data-testid=results-table] tbody tr td:nth-child(4)').allTextContents()).map(Number);
   assert.deepEqual(radii, [...radii].sort((a, b) => b - a), 'radius column sorted descending');
+  const thumb = page.locator('[data-testid=results-table] tbody tr').first().locator('img.thumb');
+  await thumb.waitFor();
+  await page.waitForFunction((img) => img.complete && img.naturalWidth > 0, await thumb.elementHandle());
+  assert.equal(await thumb.evaluate((img) => img.naturalWidth), 64, 'the 8x8 digit comes back as 64x64');
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('button:has-text("Download CSV")')]);
   assert.equal(download.suggestedFilename(), `job-${first}-results.csv`);
   await shot('06-job-done');

@@ -281,3 +281,33 @@ def test_an_onnx_model_registers_and_certifies(service, tmp_path):
         job_id = start_job(client, created.json()["id"], subset={"count": 4}).json()["id"]
         job = wait_for(client, job_id, lambda j: j["state"] in ("done", "failed"))
         assert job["state"] == "done" and sum(r["correct"] for r in all_rows(client, job_id)) >= 3
+
+
+def test_inputs_come_back_as_png_thumbnails_for_their_owner_only(service, model_id):
+    from PIL import Image
+
+    with service.client("alice") as alice, service.client("bob") as bob:
+        job_id = start_job(alice, model_id, subset={"count": 1}).json()["id"]
+        digits = load_dataset("digits", split="test")
+        for path in (f"/jobs/{job_id}/images/3", "/datasets/digits/images/3"):
+            response = alice.get(f"/api/v1{path}")
+            assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+            assert response.content.startswith(b"\x89PNG\r\n\x1a\n")
+            with Image.open(io.BytesIO(response.content)) as image:
+                assert image.size == (64, 64) and image.mode == "L"  # 8x8 grey, scaled up 8x
+                expected = np.round(digits.x[3, 0].numpy() * 255).astype(np.uint8)
+                assert (np.asarray(image)[::8, ::8] == expected).all()
+        for path in (f"/jobs/{job_id}/images/{len(digits.x)}", f"/jobs/{job_id}/images/-1",
+                     "/datasets/digits/images/100000", "/datasets/nope/images/0"):
+            assert alice.get(f"/api/v1{path}").status_code == 404, path
+        assert bob.get(f"/api/v1/jobs/{job_id}/images/0").status_code == 404
+
+        buffer = io.BytesIO()
+        np.savez(buffer, x=np.random.default_rng(0).integers(0, 256, (3, 20, 10, 3), np.uint8), y=np.arange(3))
+        dataset = alice.post("/api/v1/datasets", files={"file": ("rgb.npz", buffer.getvalue())},
+                             data={"name": "rgb"}).json()
+        response = alice.get(f"/api/v1/datasets/{dataset['id']}/images/2")
+        with Image.open(io.BytesIO(response.content)) as image:
+            assert image.size == (30, 60) and image.mode == "RGB"  # (H, W) 20x10 scaled up 3x
+        assert alice.get(f"/api/v1/datasets/{dataset['id']}/images/3").status_code == 404
+        assert bob.get(f"/api/v1/datasets/{dataset['id']}/images/0").status_code == 404

@@ -3,13 +3,15 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 from sqlmodel import col, select
 
 from backend import storage
 from backend.api.deps import CurrentOwner, SessionDep, SettingsDep, owned_or_404
-from backend.datasets import builtin_datasets, dataset_public, ingest_upload
+from backend.datasets import builtin_datasets, builtin_names, dataset_public, ingest_upload
+from backend.images import image_png, load_cached
 from backend.models import Dataset, DatasetPublic, DatasetsPublic, Job, Message
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -71,3 +73,28 @@ def delete_dataset(session: SessionDep, owner: CurrentOwner, id: int) -> Message
     session.commit()
     storage.remove(row.path)
     return Message(detail=f"dataset {id} deleted")
+
+
+PNG_RESPONSES = {200: {"content": {"image/png": {}}, "description": "the input as a PNG, small images scaled up"},
+                 404: {"model": Message}}
+
+
+def png_response(found: Dataset | str, split: str, index: int) -> Response:
+    """Input ``index`` of a built-in's split or an upload as a PNG; 404 outside the dataset or split."""
+    try:
+        png = image_png(load_cached(found, split), index)
+    except (IndexError, ValueError) as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/{id}/images/{index}", response_model=None, response_class=Response, responses=PNG_RESPONSES)
+def read_dataset_image(session: SessionDep, owner: CurrentOwner, id: str, index: int,
+                       split: str = Query("test", description="built-ins only; an upload has one split")
+                       ) -> Response:
+    """Input ``index`` of a dataset (a built-in's name or an upload's id) as a PNG thumbnail."""
+    if id in builtin_names():
+        return png_response(id, split, index)
+    if not id.isdigit():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {id} not found")
+    return png_response(owned_or_404(session, owner, Dataset, int(id), "dataset"), split, index)

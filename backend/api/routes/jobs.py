@@ -5,11 +5,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 from sqlmodel import Session
 from sse_starlette import EventSourceResponse
 
 from backend import jobs
 from backend.api.deps import CurrentOwner, QueueDep, SessionDep, SettingsDep, owned_or_404
+from backend.api.routes.datasets import PNG_RESPONSES, png_response
+from backend.datasets import find_dataset
 from backend.db import get_engine
 from backend.models import Job, JobCreate, JobPublic, JobsPublic, Message, Owner
 from backend.queue import ShardTask, enqueue_shards
@@ -75,3 +78,13 @@ async def job_events(request: Request, session: SessionDep, owner: CurrentOwner,
             await asyncio.sleep(settings.PROGRESS_INTERVAL_SECONDS)
 
     return EventSourceResponse(stream())
+
+
+@router.get("/{id}/images/{index}", response_model=None, response_class=Response, responses=PNG_RESPONSES)
+def read_job_image(session: SessionDep, owner: CurrentOwner, id: int, index: int) -> Response:
+    """Input ``index`` of the job's dataset split (a results row's ``index``) as a PNG thumbnail."""
+    job = owned_job(session, owner, id)
+    found = find_dataset(session=session, ref=job.dataset, owner=owner)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {job.dataset!r} is gone")
+    return png_response(found, job.split, index)

@@ -99,7 +99,7 @@ export function JobPage() {
               <Link className="button" to={`/compare?jobs=${id}`}>Compare…</Link>
             </div>
           </div>
-          <ResultsTable rows={rows} classNames={model.data?.class_names} />
+          <ResultsTable jobId={id} rows={rows} classNames={model.data?.class_names} />
         </>
       )}
     </section>

@@ -1,5 +1,6 @@
 import { useMemo, useState } from 'react';
 import type { ResultRowPublic } from '../../client/types.gen';
+import { Thumbnail } from './Thumbnail';
 
 type Key = 'index' | 'label' | 'prediction' | 'radius' | 'p_lower' | 'samples' | 'seconds';
 const COLUMNS: [Key, string][] = [
@@ -8,8 +9,10 @@ const COLUMNS: [Key, string][] = [
 ];
 const PAGE = 25;
 
-/** Per-input certificates, sorted by any column and shown a page at a time. */
-export function ResultsTable({ rows, classNames }: { rows: ResultRowPublic[]; classNames?: string[] | null }) {
+/** Per-input certificates with a thumbnail of each input, sorted by any column and shown a page at a time. */
+export function ResultsTable({ jobId, rows, classNames }: {
+  jobId: number; rows: ResultRowPublic[]; classNames?: string[] | null;
+}) {
   const [sort, setSort] = useState<{ key: Key; desc: boolean }>({ key: 'index', desc: false });
   const [page, setPage] = useState(0);
   const sorted = useMemo(() => {
@@ -39,7 +42,7 @@ export function ResultsTable({ rows, classNames }: { rows: ResultRowPublic[]; cl
           <tbody>
             {shown.map((r) => (
               <tr key={r.index} className={r.prediction < 0 ? 'abstain' : r.correct ? 'correct' : 'wrong'}>
-                <td>{r.index}</td>
+                <td className="input"><Thumbnail jobId={jobId} index={r.index} />{r.index}</td>
                 <td>{name(r.label)}</td>
                 <td>{name(r.prediction)}</td>
                 <td>{r.radius.toFixed(3)}</td>
