@@ -168,6 +168,9 @@ def job_rows(*, session: Session, job: Job, offset: int = 0, limit: int | None =
     return list(session.exec(query if limit is None else query.limit(limit)).all())
 
 
+SUMMARY_RADIUS_STEP = 0.01
+
+
 def count_rows(*, session: Session, job: Job) -> int:
     return session.exec(select(func.count(col(ResultRow.id))).where(ResultRow.job_id == job.id)).one()
 
@@ -176,7 +179,8 @@ def job_summary(*, session: Session, job: Job) -> JobSummary:
     rows = job_rows(session=session, job=job)
     radii = np.array([r.radius for r in rows], dtype=np.float64)
     correct = np.array([r.prediction == r.label for r in rows], dtype=bool)
-    grid = radius_grid(max(float(radii.max(initial=0.0)), 0.25))
+    # a fine grid so that the dashboard's curve follows the certified radii, not a coarse staircase
+    grid = radius_grid(max(float(radii.max(initial=0.0)), 0.25), step=SUMMARY_RADIUS_STEP)
     curve = certified_accuracy_curve(radii, correct, grid)
     samples = sum(r.samples for r in rows)
     seconds = sum(r.seconds for r in rows)
