@@ -101,11 +101,14 @@ def safe_torch_load(source: str | Path | bytes, map_location: str | torch.device
         raise ValueError(f"{name} is not a readable torch checkpoint: {error!r}") from None
 
 
-def _extract_state_dict(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str | None]:
-    """The tensors of a checkpoint, unwrapping ``{"state_dict": ...}``-style dicts; also its ``arch``."""
+def _extract_state_dict(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
+    """The tensors of a checkpoint, unwrapping ``{"state_dict": ...}``-style dicts; also its ``arch``
+    and ``arch_kwargs`` (plain values: the trainers' checkpoints record widths and class counts there)."""
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(checkpoint).__name__}")
     arch = checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None
+    saved_kwargs = checkpoint.get("arch_kwargs")
+    saved_kwargs = dict(saved_kwargs) if isinstance(saved_kwargs, Mapping) and arch else {}
     for key in ("state_dict", "model_state_dict", "model", "net"):
         if isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
@@ -113,7 +116,7 @@ def _extract_state_dict(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str |
     tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ValueError("the checkpoint holds no tensors")
-    return tensors, arch
+    return tensors, arch, saved_kwargs
 
 
 def _match_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -140,8 +143,10 @@ def _build(arch: str | None, state: dict[str, torch.Tensor], path: Path, strict:
 def load_state_dict_model(path: str | Path, arch: str | None = None, *, map_location: str | torch.device = "cpu",
                           strict: bool = True, **arch_kwargs: Any) -> nn.Module:
     """Weights saved with torch.save (read weights-only) into ``create_model(arch)``."""
-    state, saved_arch = _extract_state_dict(safe_torch_load(path, map_location, name=path))
-    return _build(arch or saved_arch, state, Path(path), strict, **arch_kwargs)
+    state, saved_arch, saved_kwargs = _extract_state_dict(safe_torch_load(path, map_location, name=path))
+    if arch is not None and arch != saved_arch:
+        saved_kwargs = {}  # the caller's architecture: the file's keyword arguments were for another
+    return _build(arch or saved_arch, state, Path(path), strict, **{**saved_kwargs, **arch_kwargs})
 
 
 def load_safetensors_model(path: str | Path, arch: str | None = None, *, map_location: str | torch.device = "cpu",

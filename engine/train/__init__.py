@@ -1,0 +1,1 @@
+"""Training noise-robust classifiers for randomized smoothing (Gaussian, consistency, SmoothMix)."""
