@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from engine.data import load_dataset
+from engine.denoise import denoised_classifier
 from engine.metrics import (
     abstain_rate,
     average_certified_radius,
@@ -34,6 +35,7 @@ from engine.noise import make_noise
 from engine.options import ISSMode, Method, NoiseKind
 from engine.schedule import ISSSchedule
 from engine.smooth import SmoothedClassifier
+from engine.train.cli import train_app
 
 app = typer.Typer(help="Certified robustness of image classifiers by randomized smoothing.", no_args_is_help=True,
                   add_completion=False)
@@ -130,6 +132,8 @@ def certify(
     seed: Annotated[int | None, typer.Option(help="seed; input i uses seed + i")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
     channels_last: Annotated[bool, typer.Option(help="run convolutions in NHWC layout (faster on CPU and GPU)")] = True,
+    denoiser: Annotated[Path | None, typer.Option(help="denoiser checkpoint put in front of the model (told --sigma)")]
+    = None,
 ) -> None:
     """Certify each selected input and write one JSON line per input, then print a summary."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,6 +141,8 @@ def certify(
     try:
         data = load_dataset(dataset, split=split)
         net = load_model(model, format=format, arch=arch, map_location=device, **arch_kwargs).to(device)
+        if denoiser is not None:
+            net = denoised_classifier(net, load_model(denoiser, map_location=device).to(device), sigma)
     except UnsafeModelError as error:
         raise fail(str(error)) from None
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
@@ -194,6 +200,8 @@ def models() -> None:
     for name in list_models():
         console.print(name)
 
+
+app.add_typer(train_app, name="train")
 
 token_app = typer.Typer(help="API tokens for the service (needs the web extras: pip install -e '.[web]').",
                         no_args_is_help=True)
