@@ -87,8 +87,11 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, shard_size:
         denoiser = get_owned(session=session, table=Model, id=job_in.config.denoiser_id, owner=owner)
         if denoiser is None:
             raise NotFound(f"denoiser {job_in.config.denoiser_id} not found")
-        if denoiser.kind is not ModelKind.denoiser or denoiser.input_shape != model.input_shape:
-            raise Invalid(f"model {denoiser.id} is not a denoiser for inputs of shape {model.input_shape}")
+        if denoiser.kind is not ModelKind.denoiser:
+            raise Invalid(f"denoiser_id {denoiser.id} ({denoiser.name}) is a {denoiser.kind.value}, not a denoiser")
+        if list(denoiser.input_shape) != list(model.input_shape):
+            raise Invalid(f"denoiser {denoiser.id} ({denoiser.name}) reads images of shape {denoiser.input_shape}, "
+                          f"model {model.id} reads {model.input_shape}")
     found = find_dataset(session=session, ref=job_in.dataset, owner=owner)
     if found is None:
         raise NotFound(f"dataset {job_in.dataset!r} not found")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import engine.denoise  # noqa: F401  (registers the drunet and drunet_small architectures)
 from engine.models import UnsafeModelError, detect_format, load_model
 from engine.models.registry import with_normalization
 

@@ -75,7 +75,7 @@ class ModelBase(SQLModel):
     arch: str | None = Field(default=None, max_length=255,
                              description="registered architecture, for state_dict and safetensors weights")
     input_shape: list[int] = Field(sa_type=JSON, description="one input, (C, H, W)")
-    num_classes: int | None = Field(default=None, ge=2, description="required for classifiers")
+    num_classes: int | None = Field(default=None, ge=2, description="required for classifiers; none for denoisers")
     class_names: list[str] | None = Field(default=None, sa_type=JSON)
     input_max: float = Field(default=1.0, gt=0, description="the model reads pixels in [0, input_max]")
     mean: list[float] | None = Field(default=None, sa_type=JSON, description="per-channel normalisation")
@@ -89,6 +89,10 @@ class ModelCreate(ModelBase):
             raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
         if self.kind is ModelKind.classifier and self.num_classes is None:
             raise ValueError("num_classes is required for a classifier")
+        if self.kind is ModelKind.denoiser and (self.num_classes is not None or self.class_names is not None):
+            raise ValueError("a denoiser has no classes: leave num_classes and class_names out")
+        if self.kind is ModelKind.denoiser and (self.input_max != 1.0 or self.mean is not None):
+            raise ValueError("a denoiser reads and returns [0, 1] images: input_max, mean and std are for classifiers")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         if (self.mean is None) != (self.std is None):

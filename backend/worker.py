@@ -29,6 +29,7 @@ from backend.modelfiles import load_registered
 from backend.models import Job, JobConfig, JobState, Model, Owner, ResultRow, Shard, ShardState, utcnow
 from backend.queue import SHARD_TASK, ShardTask, redis_settings
 from engine.data import ImageDataset
+from engine.denoise import denoised_classifier
 from engine.noise import make_noise
 from engine.schedule import ISSSchedule
 from engine.smooth import SmoothedClassifier
@@ -57,7 +58,7 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.models: OrderedDict[int, torch.nn.Module] = OrderedDict()
+        self.models: OrderedDict[Any, torch.nn.Module] = OrderedDict()
         self.datasets: OrderedDict[tuple[int, str, str], ImageDataset] = OrderedDict()
 
     @staticmethod
@@ -69,10 +70,19 @@ class Resources:
         cache.move_to_end(key)
         return cache[key]
 
-    def model(self, row: Model) -> torch.nn.Module:
-        return self._remember(self.models, row.id, lambda: load_registered(
+    def model(self, row: Model, key: Any = None) -> torch.nn.Module:
+        return self._remember(self.models, row.id if key is None else key, lambda: load_registered(
             row.path, format=row.format.value if row.format else None, arch=row.arch, num_classes=row.num_classes,
             input_shape=row.input_shape, input_max=row.input_max, mean=row.mean, std=row.std, device=self.device))
+
+    def base_classifier(self, session: Session, job: Job, config: JobConfig) -> torch.nn.Module:
+        """The job's model, or classifier(denoiser(x)) with the denoiser's noise level fixed to the job's sigma."""
+        net = self.model(session.get(Model, job.model_id))
+        if config.denoiser_id is None:
+            return net
+        # one copy per sigma: shards of jobs with other sigmas may share this process
+        denoiser = self.model(session.get(Model, config.denoiser_id), key=(config.denoiser_id, config.sigma))
+        return denoised_classifier(net, denoiser, config.sigma)
 
     def dataset(self, session: Session, job: Job) -> ImageDataset:
         def load() -> ImageDataset:
@@ -92,9 +102,7 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
         stored = set(session.exec(select(ResultRow.index).where(ResultRow.job_id == job.id,
                                                                 col(ResultRow.index).in_(shard.indices))).all())
         config = JobConfig(**job.config)
-        net = resources.model(session.get(Model, job.model_id))
-        if config.denoiser_id is not None:
-            net = torch.nn.Sequential(resources.model(session.get(Model, config.denoiser_id)), net)
+        net = resources.base_classifier(session, job, config)
         data = resources.dataset(session, job)
         classes = session.get(Model, job.model_id).num_classes
         now = utcnow()

@@ -22,20 +22,30 @@ DIGITS_META = {"name": "digits-cnn", "format": "torchscript", "input_shape": [1,
 FAST_CONFIG = {"method": "np", "sigma": 0.25, "alpha": 0.001, "n0": 20, "n": 200, "batch_size": 100, "seed": 0}
 
 
-def tiny_digits_cnn() -> torch.nn.Module:
-    """A small CNN trained on the digits training split for a few hundred full-batch steps (about a second)."""
-    torch.manual_seed(0)
+def fit_on_noisy_digits(net: torch.nn.Module, loss_of, steps: int = 150, lr: float = 0.01) -> torch.nn.Module:
+    """Full-batch Adam steps on the digits training split under sigma 0.25 noise; loss_of(net, noisy, clean)."""
     train = load_dataset("digits", split="train")
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(8 * 64, 10))
-    optimiser = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(150):
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(steps):
         noisy = train.x + 0.25 * torch.randn_like(train.x)
-        loss = torch.nn.functional.cross_entropy(net(noisy), train.y)
+        loss = loss_of(net, noisy, train)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     return net.eval()
+
+
+def classification_loss(net, noisy, clean):
+    return torch.nn.functional.cross_entropy(net(noisy), clean.y)
+
+
+def tiny_digits_cnn() -> torch.nn.Module:
+    """A small CNN trained on the digits training split for a few hundred full-batch steps (about a second)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 64, 10))
+    return fit_on_noisy_digits(net, classification_loss)
 
 
 @pytest.fixture(scope="module")
@@ -317,3 +327,96 @@ def test_inputs_come_back_as_png_thumbnails_for_their_owner_only(service, model_
             assert image.size == (30, 60) and image.mode == "RGB"  # (H, W) 20x10 scaled up 3x
         assert alice.get(f"/api/v1/datasets/{dataset['id']}/images/3").status_code == 404
         assert bob.get(f"/api/v1/datasets/{dataset['id']}/images/0").status_code == 404
+
+
+DRUNET_KWARGS = {"in_channels": 1, "widths": [8, 16, 16, 16], "blocks": 1}
+
+
+@pytest.fixture(scope="module")
+def denoised_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """A digits_cnn (width 4) and a small DRUNet, both trained briefly at sigma 0.25, as weights-only checkpoints."""
+    from engine.denoise import DRUNet
+    from engine.models import create_model
+    from engine.train.checkpoint import save_checkpoint
+
+    folder = tmp_path_factory.mktemp("denoised")
+    torch.manual_seed(1)
+    classifier = fit_on_noisy_digits(create_model("digits_cnn", width=4), classification_loss, steps=100)
+    denoiser = fit_on_noisy_digits(DRUNet(**DRUNET_KWARGS), lambda net, noisy, clean: torch.nn.functional.mse_loss(
+        net(noisy, 0.25), clean.x), steps=80, lr=0.003)
+    return (save_checkpoint(folder / "digits_cnn.pt", classifier, "digits_cnn", {"num_classes": 10, "width": 4}),
+            save_checkpoint(folder / "drunet.pt", denoiser, "drunet_small", DRUNET_KWARGS, {"sigmas": [0.25]}))
+
+
+def reference_rows(classifier: torch.nn.Module, denoiser: torch.nn.Module, level: float, count: int) -> list[tuple]:
+    """The engine alone on classifier(denoiser(x)) with the denoiser told ``level``: FAST_CONFIG, seed + index."""
+    from engine.denoise import denoised_classifier
+    from engine.noise import Gaussian
+    from engine.smooth import SmoothedClassifier
+
+    smoothed = SmoothedClassifier(denoised_classifier(classifier, denoiser, level), 10, Gaussian(FAST_CONFIG["sigma"]))
+    x = load_dataset("digits").x
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the worker (OMP_NUM_THREADS=1): the same kernels, the same floats
+    try:
+        results = [smoothed.certify(x[i], FAST_CONFIG["n0"], FAST_CONFIG["n"], FAST_CONFIG["alpha"],
+                                    FAST_CONFIG["batch_size"], seed=FAST_CONFIG["seed"] + i) for i in range(count)]
+    finally:
+        torch.set_num_threads(threads)
+    return [(r.prediction, r.radius, r.p_lower, r.p_upper, r.samples) for r in results]
+
+
+def test_a_job_with_a_denoiser_certifies_the_classifier_of_the_denoised_input_at_the_job_s_sigma(
+        service, denoised_pair):
+    from engine.models import load_model
+
+    classifier_path, denoiser_path = denoised_pair
+    with service.client() as client:
+        # arch named by the uploader: the checkpoint's width 4 must still be used (default 32 would not load)
+        classifier = upload_model(client, classifier_path, {"name": "digits-cnn-w4", "arch": "digits_cnn",
+                                                            "input_shape": [1, 8, 8], "num_classes": 10})
+        assert classifier.status_code == 201, classifier.text
+        denoiser = upload_model(client, denoiser_path, {"name": "drunet-digits", "kind": "denoiser",
+                                                        "input_shape": [1, 8, 8]})
+        assert denoiser.status_code == 201, denoiser.text
+        assert denoiser.json()["format"] == "state_dict" and denoiser.json()["num_classes"] is None
+        created = start_job(client, classifier.json()["id"], denoiser_id=denoiser.json()["id"])
+        assert created.status_code == 201, created.text
+        job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("done", "failed"))
+        assert job["state"] == "done" and job["config"]["denoiser_id"] == denoiser.json()["id"], job
+        rows = all_rows(client, job["id"])
+    assert [r["index"] for r in rows] == list(range(6))
+    labels = load_dataset("digits").y
+    assert all(r["label"] == int(labels[r["index"]]) and r["samples"] == 220 for r in rows)
+
+    net, drunet = load_model(classifier_path), load_model(denoiser_path)
+    expected = reference_rows(net, drunet, FAST_CONFIG["sigma"], len(rows))
+    # the check tells noise levels apart: the DRUNet's default level 0 gives other counts
+    assert reference_rows(net, drunet, 0.0, len(rows)) != expected
+    got = [(r["prediction"], r["radius"], r["p_lower"], r["p_upper"], r["samples"]) for r in rows]
+    assert got == expected
+    assert sum(r["correct"] for r in rows) >= 4
+
+
+def test_a_job_s_denoiser_must_be_a_denoiser_for_the_model_s_inputs(service, model_id, scripted_model,
+                                                                    denoised_pair):
+    _, denoiser_path = denoised_pair
+    denoiser_meta = {"name": "drunet", "kind": "denoiser", "input_shape": [1, 8, 8]}
+    with service.client() as client:
+        response = start_job(client, model_id, denoiser_id=model_id)
+        assert response.status_code == 422 and "is a classifier, not a denoiser" in response.json()["detail"]
+        assert start_job(client, model_id, denoiser_id=10**6).status_code == 404
+
+        wide = upload_model(client, denoiser_path, {**denoiser_meta, "input_shape": [1, 16, 16]})
+        assert wide.status_code == 201, wide.text  # a DRUNet denoises any size
+        response = start_job(client, model_id, denoiser_id=wide.json()["id"])
+        assert response.status_code == 422 and "[1, 16, 16]" in response.json()["detail"]
+        denoiser_id = upload_model(client, denoiser_path, denoiser_meta).json()["id"]
+        response = start_job(client, denoiser_id)
+        assert response.status_code == 422 and "is a denoiser, not a classifier" in response.json()["detail"]
+
+        not_an_image = upload_model(client, scripted_model, {**denoiser_meta, "format": "torchscript"})
+        assert not_an_image.status_code == 422 and "an image of the input's shape" in not_an_image.json()["detail"]
+        for extra in ({"num_classes": 10}, {"input_max": 255.0}):
+            response = upload_model(client, denoiser_path, {**denoiser_meta, **extra})
+            assert response.status_code == 422 and next(iter(extra)) in response.json()["detail"][0]["msg"]
