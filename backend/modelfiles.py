@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 import engine.denoise  # noqa: F401  (registers the drunet and drunet_small architectures)
+from backend import storage
+from backend.models import ModelCreate, ModelKind
 from engine.models import UnsafeModelError, detect_format, load_model
 from engine.models.registry import with_normalization
 
@@ -52,6 +54,23 @@ def check_model_file(path: Path, *, format: str | None, arch: str | None, num_cl
         return _check(path, format, arch, num_classes, input_shape, input_max, mean, std, denoiser)
     except ModelRejected as error:
         raise ModelRejected(str(error).replace(str(path), shown_as or path.name)) from None
+
+
+def store_checked(stream: BinaryIO, path: Path, meta: ModelCreate, max_bytes: int, shown_as: str | None) -> tuple[int, str]:
+    """Copy ``stream`` to ``path`` and check it as ``meta`` declares; return (size, format).
+
+    Raises storage.TooLarge or ModelRejected, and then leaves nothing at ``path``.
+    """
+    size = storage.save_stream(stream, path, max_bytes)
+    try:
+        fmt = check_model_file(path, format=meta.format.value if meta.format else None, arch=meta.arch,
+                               num_classes=meta.num_classes, input_shape=meta.input_shape, input_max=meta.input_max,
+                               mean=meta.mean, std=meta.std, denoiser=meta.kind is ModelKind.denoiser,
+                               shown_as=shown_as)
+    except ModelRejected:
+        storage.remove(path)
+        raise
+    return size, fmt
 
 
 def _check(path: Path, format: str | None, arch: str | None, num_classes: int | None, input_shape: Sequence[int],

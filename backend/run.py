@@ -15,8 +15,9 @@ import httpx
 from sqlmodel import Session
 
 from backend.core.config import DATA_DIR, get_settings
-from backend.crud import create_token
+from backend.crud import create_token, get_or_create_owner
 from backend.db import get_engine
+from backend.demo import seed_demo_models
 from backend.embedded import EmbeddedRedis
 from backend.migrate import upgrade_database
 
@@ -29,8 +30,14 @@ def main() -> None:
     if settings.REDIS_URL is None:
         embedded = EmbeddedRedis(DATA_DIR / "redis").start()
         env["REDIS_URL"] = embedded.url
+    owner_name = os.environ.get("KAVACH_OWNER", "admin")
     with Session(get_engine()) as session:
-        token = create_token(session=session, owner_name=os.environ.get("KAVACH_OWNER", "admin"), token_name="make run")
+        token = create_token(session=session, owner_name=owner_name, token_name="make run")
+        if os.environ.get("KAVACH_DEMO_MODELS", "1") != "0":
+            seeding = seed_demo_models(session=session, owner=get_or_create_owner(session=session, name=owner_name),
+                                       storage_dir=settings.STORAGE_DIR, max_bytes=settings.MAX_UPLOAD_BYTES)
+            if seeding.added:
+                print(f"demo models registered for {owner_name}: {', '.join(m.name for m in seeding.added)}")
     children = [
         subprocess.Popen([sys.executable, "-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1",
                           "--port", str(settings.PORT)], env=env),

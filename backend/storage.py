@@ -16,10 +16,14 @@ class TooLarge(Exception):
         self.limit = limit
 
 
-def new_path(root: Path, kind: str, owner_id: int, suffix: str) -> Path:
+def owner_folder(root: Path, kind: str, owner_id: int) -> Path:
     folder = root / kind / str(owner_id)
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{uuid.uuid4().hex}{suffix}"
+    return folder
+
+
+def new_path(root: Path, kind: str, owner_id: int, suffix: str) -> Path:
+    return owner_folder(root, kind, owner_id) / f"{uuid.uuid4().hex}{suffix}"
 
 
 def save_stream(stream: BinaryIO, dest: Path, limit: int) -> int:

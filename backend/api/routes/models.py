@@ -12,8 +12,8 @@ from sqlmodel import col, select
 
 from backend import storage
 from backend.api.deps import CurrentOwner, SessionDep, SettingsDep, owned_or_404
-from backend.modelfiles import ModelRejected, check_model_file
-from backend.models import Job, Message, Model, ModelCreate, ModelFormat, ModelKind, ModelPublic, ModelsPublic
+from backend.modelfiles import ModelRejected, store_checked
+from backend.models import Job, Message, Model, ModelCreate, ModelFormat, ModelPublic, ModelsPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -37,16 +37,11 @@ async def create_model(
     suffix = PurePosixPath(file.filename or "model").suffix[:16]
     path = storage.new_path(settings.STORAGE_DIR, "models", owner.id, suffix)
     try:
-        size = await run_in_threadpool(storage.save_stream, file.file, path, settings.MAX_UPLOAD_BYTES)
+        size, fmt = await run_in_threadpool(store_checked, file.file, path, meta, settings.MAX_UPLOAD_BYTES,
+                                            file.filename)
     except storage.TooLarge as error:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
-    try:
-        fmt = await run_in_threadpool(
-            check_model_file, path, format=meta.format.value if meta.format else None, arch=meta.arch,
-            num_classes=meta.num_classes, input_shape=meta.input_shape, input_max=meta.input_max, mean=meta.mean,
-            std=meta.std, denoiser=meta.kind is ModelKind.denoiser, shown_as=file.filename)
     except ModelRejected as error:
-        storage.remove(path)
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
     model = Model.model_validate(meta, update={"owner_id": owner.id, "path": str(path), "size_bytes": size,
                                                "format": ModelFormat(fmt)})
