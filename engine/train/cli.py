@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -89,12 +88,24 @@ def _epoch_line_text(log: EpochLog) -> str:
     return f"epoch {log.epoch:3d}  loss {log.loss:.4f}  lr {log.lr:.2e}  {log.seconds:.1f}s  {metrics}"
 
 
-def _command() -> str:
-    return "kavach " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command(ctx: typer.Context) -> str:
+    """The command as given: every option not left at its default, in declaration order."""
+    import click
+    from click.core import ParameterSource
+
+    words = ["kavach", "train", ctx.info_name or ""]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None):
+            continue
+        value = ctx.params[param.name]
+        value = getattr(value, "value", value)
+        words += [param.opts[0], str(value)] if isinstance(param, click.Option) else [str(value)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 @train_app.command("classifier")
 def classifier(
+    ctx: typer.Context,
     out: OutOpt,
     dataset: DatasetOpt = "digits",
     arch: Annotated[str, typer.Option(help="registered architecture (kavach models)")] = "digits_cnn",
@@ -138,7 +149,8 @@ def classifier(
     with _Bar() as bar:
         history = train_classifier(model, train, law, config, num_classes=num_classes, test=test, on_step=bar.step,
                                    on_epoch=bar.epoch, log_path=log_path)
-    meta = training_meta(config, law, dataset, history) | {"command": _command()}
+    meta = training_meta(config, law, dataset, history) | {"command": _command(ctx),
+                                                            "input_shape": list(train[0].shape[1:])}
     save_checkpoint(out, model, arch, {"num_classes": num_classes}, meta)
     console.print(f"wrote {out} (log {log_path})")
     typer.echo(json.dumps({"checkpoint": str(out), "final": meta["final"]}))
@@ -146,6 +158,7 @@ def classifier(
 
 @train_app.command("denoiser")
 def denoiser(
+    ctx: typer.Context,
     out: OutOpt,
     dataset: DatasetOpt = "digits",
     arch: Annotated[str, typer.Option(help="drunet (colour defaults) or drunet_small")] = "drunet_small",
@@ -197,6 +210,6 @@ def denoiser(
         raise _fail(str(error)) from None
     kwargs["widths"], kwargs["blocks"] = list(model.widths), model.blocks
     meta = denoiser_meta(config, law, levels, dataset, history, str(classifier) if classifier else None)
-    save_checkpoint(out, model, arch, kwargs, meta | {"command": _command()})
+    save_checkpoint(out, model, arch, kwargs, meta | {"command": _command(ctx), "input_shape": list(train[0].shape[1:])})
     console.print(f"wrote {out} (log {log_path})")
     typer.echo(json.dumps({"checkpoint": str(out), "final": meta["final"]}))
