@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TypeVar
 
 from sqlmodel import Session, SQLModel, select
 
-from backend.models import ApiToken, Owner
+from backend.models import ApiToken, Model, ModelCreate, ModelFormat, Owner
 from backend.security import hash_token, new_token
 
 Owned = TypeVar("Owned", bound=SQLModel)
@@ -40,3 +41,13 @@ def get_owned(*, session: Session, table: type[Owned], id: int, owner: Owner) ->
     """The row when it exists and belongs to ``owner``; another owner's row is indistinguishable from none."""
     row = session.get(table, id)
     return row if row is not None and row.owner_id == owner.id else None
+
+
+def create_model_row(*, session: Session, owner: Owner, meta: ModelCreate, path: Path, size: int, fmt: str) -> Model:
+    """The Model row of a stored, checked file (see ``backend.modelfiles.store_checked``)."""
+    model = Model.model_validate(meta, update={"owner_id": owner.id, "path": str(path), "size_bytes": size,
+                                               "format": ModelFormat(fmt)})
+    session.add(model)
+    session.commit()
+    session.refresh(model)
+    return model

@@ -18,9 +18,10 @@ from pydantic import ValidationError
 from sqlmodel import Session, select
 
 from backend import storage
+from backend.crud import create_model_row
 from backend.datasets import builtin_names
 from backend.modelfiles import store_checked
-from backend.models import Model, ModelCreate, ModelFormat, Owner
+from backend.models import Model, ModelCreate, Owner
 
 log = structlog.get_logger("kavach.demo")
 REPO = Path(__file__).resolve().parents[1]
@@ -71,12 +72,7 @@ def register(session: Session, owner: Owner, entry: dict, folder: Path, storage_
     path = storage.owner_folder(storage_dir, "models", owner.id) / (PREFIX + name)
     with source.open("rb") as stream:
         size, fmt = store_checked(stream, path, meta, max_bytes, name)
-    model = Model.model_validate(meta, update={"owner_id": owner.id, "path": str(path), "size_bytes": size,
-                                               "format": ModelFormat(fmt)})
-    session.add(model)
-    session.commit()
-    session.refresh(model)
-    return model
+    return create_model_row(session=session, owner=owner, meta=meta, path=path, size=size, fmt=fmt)
 
 
 def seed_demo_models(*, session: Session, owner: Owner, storage_dir: Path, max_bytes: int,

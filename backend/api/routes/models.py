@@ -12,8 +12,9 @@ from sqlmodel import col, select
 
 from backend import storage
 from backend.api.deps import CurrentOwner, SessionDep, SettingsDep, owned_or_404
+from backend.crud import create_model_row
 from backend.modelfiles import ModelRejected, store_checked
-from backend.models import Job, Message, Model, ModelCreate, ModelFormat, ModelPublic, ModelsPublic
+from backend.models import Job, Message, Model, ModelCreate, ModelPublic, ModelsPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -43,12 +44,7 @@ async def create_model(
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
     except ModelRejected as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
-    model = Model.model_validate(meta, update={"owner_id": owner.id, "path": str(path), "size_bytes": size,
-                                               "format": ModelFormat(fmt)})
-    session.add(model)
-    session.commit()
-    session.refresh(model)
-    return model
+    return create_model_row(session=session, owner=owner, meta=meta, path=path, size=size, fmt=fmt)
 
 
 @router.get("", response_model=ModelsPublic)
