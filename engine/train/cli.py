@@ -103,12 +103,30 @@ def _command(ctx: typer.Context) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def _fresh_log(out: Path) -> Path:
+    """OUT.log.jsonl, emptied: one JSON line per epoch of this run."""
+    log_path = out.with_name(out.name + ".log.jsonl")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.unlink(missing_ok=True)
+    return log_path
+
+
+def _save(ctx: typer.Context, out: Path, model: torch.nn.Module, arch: str, kwargs: dict, meta: dict,
+          x: torch.Tensor) -> None:
+    """Write the checkpoint with the command that made it, and print the last epoch as JSON on stdout."""
+    meta = meta | {"command": _command(ctx), "input_shape": list(x.shape[1:])}
+    save_checkpoint(out, model, arch, kwargs, meta)
+    console.print(f"wrote {out} (log {out.name}.log.jsonl beside it)")
+    typer.echo(json.dumps({"checkpoint": str(out), "final": meta["final"]}))
+
+
 @train_app.command("classifier")
 def classifier(
     ctx: typer.Context,
     out: OutOpt,
     dataset: DatasetOpt = "digits",
     arch: Annotated[str, typer.Option(help="registered architecture (kavach models)")] = "digits_cnn",
+    arch_kwargs: Annotated[str, typer.Option(help='its keyword arguments as JSON, e.g. \'{"width": 16}\'')] = "{}",
     method: Annotated[str, typer.Option(help=f"objective: {', '.join(METHODS)}")] = "gaussian",
     sigma: Annotated[float, typer.Option(help="noise level to train at (the one to certify)")] = 0.25,
     noise: Annotated[NoiseKind, typer.Option(help="gaussian, or general_gaussian with --k (DSRS)")] = NoiseKind.gaussian,
@@ -138,22 +156,17 @@ def classifier(
                                     smoothmix_step_size=smoothmix_step_size, smoothmix_eta=smoothmix_eta,
                                     mix_step=mix_step, max_steps_per_epoch=max_steps)
         num_classes = int(train[1].max()) + 1
+        kwargs = json.loads(arch_kwargs) | {"num_classes": num_classes}
         torch.manual_seed(seed)
-        model = create_model(arch, num_classes=num_classes).to(device)
-    except ValueError as error:
+        model = create_model(arch, **kwargs).to(device)
+    except (ValueError, TypeError) as error:
         raise _fail(str(error)) from None
     law = None if method == "none" else _noise(noise, sigma, k, train[0][0].numel())
-    log_path = out.with_name(out.name + ".log.jsonl")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.unlink(missing_ok=True)
+    log_path = _fresh_log(out)
     with _Bar() as bar:
         history = train_classifier(model, train, law, config, num_classes=num_classes, test=test, on_step=bar.step,
                                    on_epoch=bar.epoch, log_path=log_path)
-    meta = training_meta(config, law, dataset, history) | {"command": _command(ctx),
-                                                            "input_shape": list(train[0].shape[1:])}
-    save_checkpoint(out, model, arch, {"num_classes": num_classes}, meta)
-    console.print(f"wrote {out} (log {log_path})")
-    typer.echo(json.dumps({"checkpoint": str(out), "final": meta["final"]}))
+    _save(ctx, out, model, arch, kwargs, training_meta(config, law, dataset, history), train[0])
 
 
 @train_app.command("denoiser")
@@ -199,9 +212,7 @@ def denoiser(
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise _fail(str(error)) from None
     law = _noise(noise, max(levels), k, train[0][0].numel())
-    log_path = out.with_name(out.name + ".log.jsonl")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.unlink(missing_ok=True)
+    log_path = _fresh_log(out)
     try:
         with _Bar() as bar:
             history = train_denoiser(model, train, law, levels, config, classifier=frozen, test=test,
@@ -209,7 +220,5 @@ def denoiser(
     except ValueError as error:
         raise _fail(str(error)) from None
     kwargs["widths"], kwargs["blocks"] = list(model.widths), model.blocks
-    meta = denoiser_meta(config, law, levels, dataset, history, str(classifier) if classifier else None)
-    save_checkpoint(out, model, arch, kwargs, meta | {"command": _command(ctx), "input_shape": list(train[0].shape[1:])})
-    console.print(f"wrote {out} (log {log_path})")
-    typer.echo(json.dumps({"checkpoint": str(out), "final": meta["final"]}))
+    _save(ctx, out, model, arch, kwargs,
+          denoiser_meta(config, law, levels, dataset, history, str(classifier) if classifier else None), train[0])
