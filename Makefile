@@ -2,11 +2,11 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-services bench lint run openapi frontend test-frontend test-e2e
+.PHONY: install test test-services bench lint run openapi frontend test-frontend test-e2e results demo-models
 
 install:
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[dev,web]'
+	$(PIP) install -q -e '.[dev,web,plots]'
 
 # KAVACH_E2E=1: the dashboard's browser tests (tests/e2e) run too; they need `make frontend` and /usr/bin/chromium
 test: install frontend
@@ -26,6 +26,16 @@ run: install frontend
 
 openapi:
 	$(PYTHON) -m backend.openapi
+
+# docs/results.md: the Fashion-MNIST demo models certified by NP and DSRS (the issue's setting: 500 images, n = 100k)
+RESULTS_COUNT ?= 500
+RESULTS_N ?= 100000
+results: install
+	$(PYTHON) -m bench.results --count $(RESULTS_COUNT) --n $(RESULTS_N)
+
+# models/demo/: retrain every demo model with the commands recorded in its manifest
+demo-models: install
+	scripts/make_demo_models.sh all
 
 bench: install
 	$(PYTHON) -m bench.engine_bench

@@ -16,10 +16,10 @@ if [ "$which" = digits ] || [ "$which" = all ]; then
         --objective mse --epochs 60 --batch-size 64 --seed 0 --out $OUT/digits_drunet.pt
 fi
 if [ "$which" = fashion ] || [ "$which" = all ]; then
-    kavach train classifier --dataset fashion_mnist --arch mnist_cnn --arch-kwargs '{"width": 16}' --method none --epochs 3 --seed 0 \
+    kavach train classifier --dataset fashion_mnist --arch mnist_cnn --arch-kwargs '{"width": 16}' --method none --epochs 10 --seed 0 \
         --out $OUT/fashion_cnn_clean.pt
     for s in 0.25 0.5; do
-        kavach train classifier --dataset fashion_mnist --arch mnist_cnn --arch-kwargs '{"width": 16}' --method gaussian --sigma $s --epochs 3 \
+        kavach train classifier --dataset fashion_mnist --arch mnist_cnn --arch-kwargs '{"width": 16}' --method gaussian --sigma $s --epochs 10 \
             --seed 0 --out $OUT/fashion_cnn_gaussian_$s.pt
     done
     kavach train denoiser --dataset fashion_mnist --arch drunet_small --widths 8,16,32,32 --blocks 1 \
