@@ -25,7 +25,22 @@ describe('validateModel', () => {
   });
   it('builds the metadata the API expects', () => {
     expect(modelMetadata({ ...defaultModelValues, file, name: ' cnn ', class_names: '' }))
-      .toEqual({ name: 'cnn', input_shape: [1, 8, 8], num_classes: 10, input_max: 1 });
+      .toEqual({ name: 'cnn', kind: 'classifier', input_shape: [1, 8, 8], num_classes: 10, input_max: 1 });
+  });
+});
+
+describe('a denoiser', () => {
+  const denoiser = { ...defaultModelValues, file, name: 'drunet', kind: 'denoiser' as const };
+  it('ignores the class and scaling fields the API refuses for it', () => {
+    expect(validateModel({ ...denoiser, num_classes: '', class_names: 'a,b,c', input_max: '255' })).toEqual({});
+  });
+  it('still needs a file, a name and a shape', () => {
+    expect(Object.keys(validateModel({ ...denoiser, file: null, name: '', input_shape: '8,8' })).sort())
+      .toEqual(['file', 'input_shape', 'name']);
+  });
+  it('sends no classes, class names or input scaling', () => {
+    expect(modelMetadata({ ...denoiser, format: 'state_dict', class_names: '0,1,2,3,4,5,6,7,8,9', input_max: '255' }))
+      .toEqual({ name: 'drunet', kind: 'denoiser', format: 'state_dict', input_shape: [1, 8, 8] });
   });
 });
 

@@ -1,12 +1,13 @@
 // Client-side checks mirror the API's schema (openapi.json) so most mistakes never leave the browser;
 // the API's own 422 messages are mapped back onto the same field names by `fieldErrorsFrom422`.
-import type { JobConfig, JobCreate } from '../client/types.gen';
+import type { JobConfig, JobCreate, ModelKind } from '../client/types.gen';
 
 export type Errors = Partial<Record<string, string>>;
 
 /** The model part of the add-model form, as the inputs hold it (strings). */
 export interface ModelValues {
   file: File | null;
+  kind: ModelKind; // a denoiser has no classes and reads [0, 1] images
   name: string;
   format: string; // '' = detected by the API
   input_shape: string; // "1,8,8"
@@ -33,7 +34,7 @@ export interface ConfigValues {
 }
 
 export const defaultModelValues: ModelValues = {
-  file: null, name: '', format: '', input_shape: '1,8,8', num_classes: '10', class_names: '', input_max: '1',
+  file: null, kind: 'classifier', name: '', format: '', input_shape: '1,8,8', num_classes: '10', class_names: '', input_max: '1',
 };
 
 export const defaultConfigValues: ConfigValues = {
@@ -54,14 +55,17 @@ export function parseShape(text: string): number[] | null {
   return parts.map(Number);
 }
 
+const classNames = (v: ModelValues) => v.class_names.split(',').map((s) => s.trim()).filter(Boolean);
+
 export function validateModel(v: ModelValues): Errors {
   const errors: Errors = {};
   if (!v.file) errors.file = 'choose a model file (.pt, .pt2, .safetensors)';
   if (!v.name.trim()) errors.name = 'a name is required';
   else if (v.name.length > 255) errors.name = 'at most 255 characters';
   if (!parseShape(v.input_shape)) errors.input_shape = 'three positive integers: channels, height, width (e.g. 1,8,8)';
+  if (v.kind === 'denoiser') return errors; // the API refuses classes and input scaling for a denoiser
   positiveInt(errors, 'num_classes', v.num_classes, 'classes', 2);
-  const names = v.class_names.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = classNames(v);
   if (names.length && isInt(v.num_classes) && names.length !== Number(v.num_classes))
     errors.class_names = `${names.length} names for ${v.num_classes} classes`;
   if (!isNum(v.input_max) || Number(v.input_max) <= 0) errors.input_max = 'must be a number > 0';
@@ -86,11 +90,16 @@ export function validateConfig(v: ConfigValues): Errors {
 }
 
 export function modelMetadata(v: ModelValues) {
-  const names = v.class_names.split(',').map((s) => s.trim()).filter(Boolean);
-  return {
+  const base = {
     name: v.name.trim(),
+    kind: v.kind,
     ...(v.format ? { format: v.format } : {}),
     input_shape: parseShape(v.input_shape) ?? [],
+  };
+  if (v.kind === 'denoiser') return base;
+  const names = classNames(v);
+  return {
+    ...base,
     num_classes: Number(v.num_classes),
     ...(names.length ? { class_names: names } : {}),
     input_max: Number(v.input_max),

@@ -32,6 +32,24 @@ describe('AddModelPage', () => {
     expect(posts).toHaveLength(0);
   });
 
+  it('registers a denoiser without classes, input scaling or a certification', async () => {
+    const fetchMock = vi.fn(async (req: Request) =>
+      req.method === 'POST' ? json(201, { id: 3 }) : json(200, { data: [], count: 0 }));
+    renderPage(fetchMock);
+    const user = userEvent.setup();
+    await user.upload(screen.getByLabelText('File'), new File(['x'], 'drunet.pt'));
+    await user.type(screen.getByLabelText('Name'), 'drunet');
+    await user.selectOptions(screen.getByLabelText('Kind'), 'denoiser');
+    expect(screen.getByText(/in front of a classifier .* the job's sigma/)).toBeInTheDocument();
+    for (const label of ['Classes', 'Class names', 'Input max', 'Sigma']) expect(screen.queryByLabelText(label)).toBeNull();
+    await user.click(screen.getByRole('button', { name: 'Add model' }));
+    await vi.waitFor(() => expect(fetchMock.mock.calls.some(([req]) => (req as Request).method === 'POST')).toBe(true));
+    const posts = fetchMock.mock.calls.map(([req]) => req as Request).filter((req) => req.method === 'POST');
+    expect(posts).toHaveLength(1);
+    const metadata = JSON.parse(String((await posts[0].formData()).get('metadata')));
+    expect(metadata).toEqual({ name: 'drunet', kind: 'denoiser', input_shape: [1, 8, 8] });
+  });
+
   it("shows the API's 422 message beside the field it names", async () => {
     const fetchMock = vi.fn(async (req: Request) =>
       req.method === 'POST'

@@ -9,6 +9,8 @@ import {
   type ConfigValues, type Errors, type ModelValues,
 } from '../../forms/validation';
 
+const DENOISER_HINT = "cleans noisy images: a job puts it in front of a classifier and tells it the job's sigma";
+
 /** Register a model (the file plus its metadata) and, optionally, start its first certification. */
 export function AddModelPage() {
   const navigate = useNavigate();
@@ -20,12 +22,14 @@ export function AddModelPage() {
   const createModel = useMutation(createModelApiV1ModelsPostMutation());
   const createJob = useMutation(createJobApiV1JobsPostMutation());
   const busy = createModel.isPending || createJob.isPending;
+  const denoiser = model.kind === 'denoiser';
+  const certify = certifyNow && !denoiser; // a denoiser is certified only in front of a classifier
 
   const patchModel = (patch: Partial<ModelValues>) => setModel((m) => ({ ...m, ...patch }));
 
   async function submit(e: React.FormEvent) {
     e.preventDefault();
-    const found = { ...validateModel(model), ...(certifyNow ? validateConfig(config) : {}) };
+    const found = { ...validateModel(model), ...(certify ? validateConfig(config) : {}) };
     setErrors(found);
     if (Object.keys(found).length) return;
     let created;
@@ -38,7 +42,7 @@ export function AddModelPage() {
       return;
     }
     await queryClient.invalidateQueries();
-    if (!certifyNow) { navigate('/'); return; }
+    if (!certify) { navigate('/'); return; }
     try {
       const job = await createJob.mutateAsync({ body: jobCreate(created.id, config) });
       navigate(`/jobs/${job.id}`);
@@ -66,6 +70,13 @@ export function AddModelPage() {
                      onChange={(e) => patchModel({ file: e.target.files?.[0] ?? null })} />
             </Field>
             {text('name', 'Name')}
+            <Field name="kind" label="Kind" error={errors.kind} hint={denoiser ? DENOISER_HINT : 'outputs class scores'}>
+              <select id="f-kind" name="kind" value={model.kind}
+                      onChange={(e) => patchModel({ kind: e.target.value as ModelValues['kind'] })}>
+                <option value="classifier">classifier</option>
+                <option value="denoiser">denoiser</option>
+              </select>
+            </Field>
             <Field name="format" label="Format" error={errors.format}>
               <select id="f-format" name="format" value={model.format} onChange={(e) => patchModel({ format: e.target.value })}>
                 <option value="">detect from the file</option>
@@ -77,18 +88,20 @@ export function AddModelPage() {
               </select>
             </Field>
             {text('input_shape', 'Input shape', 'C,H,W')}
-            {text('num_classes', 'Classes')}
-            {text('class_names', 'Class names', 'optional, comma separated')}
-            {text('input_max', 'Input max', 'the model reads pixels in [0, max]')}
+            {!denoiser && <>
+              {text('num_classes', 'Classes')}
+              {text('class_names', 'Class names', 'optional, comma separated')}
+              {text('input_max', 'Input max', 'the model reads pixels in [0, max]')}
+            </>}
           </div>
         </fieldset>
-        <label className="check">
+        {!denoiser && <label className="check">
           <input type="checkbox" name="certify_now" checked={certifyNow} onChange={(e) => setCertifyNow(e.target.checked)} />
           Start a certification right away
-        </label>
-        {certifyNow && <ConfigFields values={config} errors={errors} onChange={(p) => setConfig((c) => ({ ...c, ...p }))} />}
+        </label>}
+        {certify && <ConfigFields values={config} errors={errors} onChange={(p) => setConfig((c) => ({ ...c, ...p }))} />}
         {errors.form && <p className="error" role="alert">{errors.form}</p>}
-        <button type="submit" disabled={busy}>{busy ? 'Uploading…' : certifyNow ? 'Add and certify' : 'Add model'}</button>
+        <button type="submit" disabled={busy}>{busy ? 'Uploading…' : certify ? 'Add and certify' : 'Add model'}</button>
       </form>
     </section>
   );
