@@ -1,11 +1,14 @@
 // The dashboard end to end in Debian's chromium (driven by playwright-core; no browser download).
 // Started by tests/e2e/test_dashboard.py, which runs the service and passes KAVACH_URL, KAVACH_TOKEN,
-// KAVACH_MODEL (a TorchScript digits CNN), CHROMIUM, SCREENSHOTS and PROFILE_DIR.
+// KAVACH_MODEL (a TorchScript digits CNN), KAVACH_DENOISER (a DRUNet checkpoint), CHROMIUM, SCREENSHOTS and PROFILE_DIR.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
-const { KAVACH_URL: url, KAVACH_TOKEN: token, KAVACH_MODEL: modelFile, SCREENSHOTS: shots, PROFILE_DIR: profile } = process.env;
+const {
+  KAVACH_URL: url, KAVACH_TOKEN: token, KAVACH_MODEL: modelFile, KAVACH_DENOISER: denoiserFile, SCREENSHOTS: shots,
+  PROFILE_DIR: profile,
+} = process.env;
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const TIMEOUT = 120_000;
 
@@ -24,10 +27,10 @@ page.on('pageerror', (e) => errors.push(String(e)));
 const shot = (name, fullPage = true) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage });
 const step = (text) => console.log(`- ${text}`);
 
-async function certifyFromForm({ count, sigma }) {
+async function certifyFromForm({ count, sigma, n = 2000 }) {
   await page.fill('#f-count', String(count));
   await page.fill('#f-sigma', String(sigma));
-  await page.fill('#f-n', '2000');
+  await page.fill('#f-n', String(n));
   await page.fill('#f-n0', '50');
   await page.fill('#f-batch_size', '500');
 }
@@ -137,14 +140,48 @@ try {
   assert.equal(await page.locator('[data-testid=curve-chart] .recharts-line').count(), 2);
   await shot('08-compare');
 
+  step('register a DRUNet denoiser through the form: no classes, no input scaling, no certification of its own');
+  await page.getByRole('link', { name: 'Models', exact: true }).click();
+  await page.getByRole('link', { name: 'Add model' }).first().click();
+  await page.setInputFiles('#f-file', denoiserFile);
+  await page.fill('#f-name', 'drunet-small');
+  await page.selectOption('#f-kind', 'denoiser');
+  await page.getByText("in front of a classifier and tells it the job's sigma").waitFor();
+  for (const hidden of ['#f-num_classes', '#f-class_names', '#f-input_max', '#f-sigma', 'input[name=certify_now]'])
+    assert.equal(await page.locator(hidden).count(), 0, `${hidden} is hidden for a denoiser`);
+  await shot('09-add-denoiser');
+  await page.click('button[type=submit]:has-text("Add model")');
+  const denoiserRow = page.locator('tr[data-model="drunet-small"]');
+  await denoiserRow.getByText('(denoiser)').waitFor({ timeout: TIMEOUT });
+  assert.equal(await denoiserRow.getByRole('link', { name: 'Certify' }).count(), 0, 'a denoiser is not certified alone');
+
+  step('certify 5 digits with the CNN behind the denoiser; the job finishes with rows');
+  await page.locator('tr[data-model="digits-cnn"]').getByRole('link', { name: 'Certify' }).click();
+  await page.getByRole('heading', { name: 'Certify digits-cnn' }).waitFor();
+  await certifyFromForm({ count: 5, sigma: 0.25, n: 300 });
+  await page.locator('#f-denoiser_id option', { hasText: 'drunet-small' }).waitFor({ state: 'attached' });
+  await page.selectOption('#f-denoiser_id', { label: 'drunet-small' });
+  await page.click('button[type=submit]');
+  const denoised = await watchJob(5);
+  const api = async (route) =>
+    (await page.request.get(`${url}/api/v1${route}`, { headers: { Authorization: `Bearer ${token}` } })).json();
+  const drunet = (await api('/models')).data.find((m) => m.name === 'drunet-small');
+  assert.equal(drunet.kind, 'denoiser');
+  assert.equal(drunet.num_classes, null);
+  assert.equal((await api(`/jobs/${denoised}`)).config.denoiser_id, drunet.id, 'the job ran through the chosen denoiser');
+  await page.getByText(`denoiser #${drunet.id}`).waitFor();
+  await page.locator('[data-testid=results-table] tbody tr').nth(4).waitFor();
+  assert.equal(await page.locator('[data-testid=results-table] tbody tr').count(), 5);
+  await shot('10-job-denoised');
+
   step('a phone-sized screen');
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(`${url}/#/jobs/${first}`);
   await page.locator('[data-testid=results-table] tbody tr').first().waitFor();
-  await shot('09-phone-job');
+  await shot('11-phone-job');
   await page.goto(`${url}/#/`);
   await page.locator('tr[data-model="digits-cnn"]').waitFor();
-  await shot('10-phone-models', false);
+  await shot('12-phone-models', false);
 
   assert.deepEqual(errors, [], 'no uncaught errors in the page');
   console.log('dashboard e2e: all steps passed');

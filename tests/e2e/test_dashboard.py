@@ -1,9 +1,9 @@
 """The dashboard in a real browser against the real service: Debian's chromium driven by playwright-core.
 
 The browser script is frontend/e2e/dashboard.mjs; this test starts the API (serving frontend/dist at /),
-a worker and Redis like tests/backend, builds the tiny digits CNN and hands both over. Screenshots land
-in tests/e2e/screenshots/. Runs when KAVACH_E2E=1 (`make test-e2e`, `make test`), which needs
-`make frontend` first and /usr/bin/chromium.
+a worker and Redis like tests/backend, builds the tiny digits CNN and a small untrained DRUNet denoiser
+and hands them over. Screenshots land in tests/e2e/screenshots/. Runs when KAVACH_E2E=1 (`make test-e2e`,
+`make test`), which needs `make frontend` first and /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -29,11 +29,17 @@ def test_dashboard_end_to_end(tmp_path):
     assert Path(CHROMIUM).is_file(), f"no chromium at {CHROMIUM} (apt-get install chromium)"
     import torch
 
+    from engine.denoise import DRUNet
+    from engine.train.checkpoint import save_checkpoint
     from tests.backend.conftest import start_service
     from tests.backend.test_service import tiny_digits_cnn
 
     model = tmp_path / "digits_cnn.pt"
     torch.jit.save(torch.jit.script(tiny_digits_cnn()), str(model))
+    # a random DRUNet is a real denoiser file: the job through it must still certify and store rows
+    denoiser = tmp_path / "drunet_small.pt"
+    save_checkpoint(denoiser, DRUNet(1, (8, 16, 16, 16), 1), "drunet_small",
+                    {"in_channels": 1, "widths": [8, 16, 16, 16], "blocks": 1}, {})
     root = tmp_path / "service"
     root.mkdir()
     svc, embedded = start_service(root)
@@ -41,6 +47,7 @@ def test_dashboard_end_to_end(tmp_path):
         shutil.rmtree(SCREENSHOTS, ignore_errors=True)
         SCREENSHOTS.mkdir()
         env = {**os.environ, "KAVACH_URL": svc.url, "KAVACH_TOKEN": svc.tokens["alice"], "KAVACH_MODEL": str(model),
+               "KAVACH_DENOISER": str(denoiser),
                "CHROMIUM": CHROMIUM, "SCREENSHOTS": str(SCREENSHOTS), "PROFILE_DIR": str(tmp_path / "profile")}
         run = subprocess.run(["node", "e2e/dashboard.mjs"], check=False, cwd=REPO / "frontend", env=env,
                              capture_output=True,
