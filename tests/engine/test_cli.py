@@ -150,3 +150,25 @@ def test_channels_last_flag_does_not_change_one_channel_certificates(tmp_path, e
         assert runner.invoke(app, [*args, flag, "--out", str(out)]).exit_code == 0
         outs.append([(r["prediction"], r["radius"]) for r in read_rows(out)])
     assert outs[0] == outs[1]
+
+
+def test_certify_with_the_demo_denoiser_equals_the_engine_on_the_composed_model(tmp_path):
+    demo = pathlib.Path(__file__).parents[2] / "models" / "demo"
+    out = tmp_path / "denoised.jsonl"
+    args = ["certify", str(demo / "digits_cnn_gaussian_0.5.pt"), "--denoiser", str(demo / "digits_drunet.pt"),
+            "--sigma", "0.5", "--n0", "50", "--n", "1000", "--batch-size", "500", "--indices", "0-3", "--seed", "7",
+            "--out", str(out), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    from engine.denoise import denoised_classifier
+    from engine.models import load_model
+    from engine.noise import Gaussian
+    from engine.smooth import SmoothedClassifier
+
+    base = denoised_classifier(load_model(demo / "digits_cnn_gaussian_0.5.pt"), load_model(demo / "digits_drunet.pt"), 0.5)
+    smoothed = SmoothedClassifier(base, 10, Gaussian(0.5), channels_last=True)
+    x = load_dataset("digits").x
+    for row in read_rows(out):
+        expected = smoothed.certify(x[row["index"]], 50, 1000, 0.001, 500, seed=7 + row["index"])
+        assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
+    assert sum(r["correct"] for r in read_rows(out)) >= 3
