@@ -33,7 +33,7 @@ from engine.metrics import (
 from engine.models import UnsafeModelError, list_models, load_model
 from engine.noise import make_noise
 from engine.options import ISSMode, Method, NoiseKind
-from engine.schedule import ISSSchedule
+from engine.schedule import ISSSchedule, SequentialSchedule
 from engine.smooth import SmoothedClassifier
 from engine.train.cli import train_app
 
@@ -126,6 +126,8 @@ def certify(
     batch_size: Annotated[int, typer.Option(help="noisy copies per forward pass")] = 1000,
     iss_delta: Annotated[float | None, typer.Option(help="ISS: radius loss allowed against n samples")] = None,
     iss_mode: Annotated[ISSMode, typer.Option(help="ISS: absolute or relative delta")] = ISSMode.absolute,
+    sequential_delta: Annotated[float | None, typer.Option(
+        help="anytime-valid sequential sampling: stop once n cannot add more than this radius")] = None,
     indices: Annotated[str | None, typer.Option(help="inputs to certify, e.g. 0,5,10-19")] = None,
     stride: Annotated[int, typer.Option(min=1, help="every stride-th input")] = 1,
     count: Annotated[int | None, typer.Option(min=0, help="at most this many inputs")] = None,
@@ -160,10 +162,14 @@ def certify(
         raise fail(f"the model cannot read {dataset} inputs of shape {tuple(data.x.shape[1:])}: {error}") from None
     smoothed = SmoothedClassifier(net, classes, smoothing, channels_last=channels_last and is_eager(net))
     schedule = None
-    if iss_delta is not None:
+    if iss_delta is not None or sequential_delta is not None:
         if method is not Method.np:
-            raise fail("--iss-delta (input-specific sampling) works with --method np")
-        schedule = ISSSchedule(sigma, n, alpha, delta=iss_delta, mode=iss_mode.value, batch_size=batch_size)
+            raise fail("--iss-delta and --sequential-delta (sample-size schedules) work with --method np")
+        if iss_delta is not None and sequential_delta is not None:
+            raise fail("choose one of --iss-delta and --sequential-delta")
+        schedule = ISSSchedule(sigma, n, alpha, delta=iss_delta, mode=iss_mode.value, batch_size=batch_size) \
+            if iss_delta is not None else SequentialSchedule(sigma, n, alpha, delta=sequential_delta,
+                                                             first=min(n, batch_size), batch_size=batch_size)
     q_t = parse_q_threshold(q_threshold)
     rows: list[dict] = []
     start = time.perf_counter()

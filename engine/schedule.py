@@ -125,3 +125,54 @@ class ISSSchedule:
         lo = max(int(np.searchsorted(rates, p_low, side="right")) - 1, 0)
         hi = min(int(np.searchsorted(rates, p_high, side="left")), len(rates) - 1)
         return int(sizes[lo : hi + 1].max())
+
+
+@dataclass(frozen=True)
+class SequentialSchedule:
+    """Anytime-valid sampling: look at the votes after m_1 < m_2 < ... < m_K = n_max fresh samples and
+    stop as soon as more samples cannot raise the radius by more than ``delta``.
+
+    Look j bounds pA by Clopper-Pearson at alpha_j = alpha / K; by the union bound over the K looks,
+    P(pA < p_lower at the stopping look) <= sum_j alpha_j = alpha, whatever the stopping rule, so
+    stopping on the very samples that are then reported keeps the certificate at level alpha (the
+    "alpha-spending" argument of group-sequential tests). The rule: stop when the upper bound is
+    below 1/2 (no radius is possible), or when the radius certified now is within ``delta`` of the
+    radius n_max samples would certify at the upper bound's rate. It uses the Gaussian formula, so
+    for other noise it only decides when to stop, never the certificate.
+    """
+
+    sigma: float
+    n_max: int
+    alpha: float
+    delta: float = 0.05
+    first: int = 1000
+    growth: float = 2.0
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.n_max >= 1 and 1 <= self.first and self.growth > 1 and self.delta >= 0 and 0 < self.alpha < 1):
+            raise ValueError(f"invalid sequential schedule: {self}")
+
+    def looks(self) -> list[int]:
+        """Cumulative sample sizes at which the votes are read: geometric, batch multiples, ending at n_max."""
+        sizes, m = [], float(min(self.first, self.n_max))
+        while m < self.n_max:
+            size = min(self.n_max, max(self.batch_size, int(round(m / self.batch_size)) * self.batch_size))
+            if not sizes or size > sizes[-1]:
+                sizes.append(size)
+            m *= self.growth
+        if not sizes or sizes[-1] != self.n_max:
+            sizes.append(self.n_max)
+        return sizes
+
+    def look_alpha(self) -> float:
+        """The level of every look's bound: alpha split evenly over the looks."""
+        return self.alpha / len(self.looks())
+
+    def should_stop(self, p_lower: float, p_upper: float) -> bool:
+        """Given one look's bounds (at ``look_alpha``), whether further samples are not worth drawing."""
+        if p_upper < 0.5:
+            return True
+        now = self.sigma * float(ndtri(p_lower)) if p_lower > 0.5 else 0.0
+        best = float(np_radius_at_rate(np.float64(p_upper), np.float64(self.n_max), self.sigma, self.look_alpha()))
+        return now >= best - self.delta

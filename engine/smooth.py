@@ -24,7 +24,7 @@ from engine.bounds import (
 from engine.noise import Noise
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
 from engine.sampling import Classifier, count_votes, make_generator, model_device
-from engine.schedule import SampleSchedule
+from engine.schedule import SampleSchedule, SequentialSchedule
 
 ABSTAIN = -1
 Method = Literal["np", "dsrs"]
@@ -156,12 +156,27 @@ class SmoothedClassifier:
     def _certify_np(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                     schedule: SampleSchedule | None, gen: torch.Generator | None) -> CertifyResult:
         c_a, counts0 = self._select(x, n0, batch_size, gen)
+        if isinstance(schedule, SequentialSchedule):
+            return self._certify_sequential(x, c_a, n0, batch_size, schedule, gen)
         if schedule is not None:
             # the pilot only chooses how many fresh samples to draw, so the certificate stays at alpha
             pilot_low, pilot_high = clopper_pearson(int(counts0[c_a]), n0, alpha)
             n = int(schedule.sample_size(float(pilot_low), float(pilot_high)))
         n_a = int(self._votes(x, self.noise, n, batch_size, gen)[c_a])
         return self._np_result(c_a, n_a, n, alpha, x.numel(), n0 + n, "np")
+
+    def _certify_sequential(self, x: torch.Tensor, c_a: int, n0: int, batch_size: int, schedule: SequentialSchedule,
+                            gen: torch.Generator | None) -> CertifyResult:
+        """Draw fresh samples up to each look of ``schedule`` and stop by its rule; every look's bound is at
+        ``schedule.look_alpha()``, so the reported one holds at level alpha by the union bound over looks."""
+        alpha_look, drawn, n_a = schedule.look_alpha(), 0, 0
+        for size in schedule.looks():
+            n_a += int(self._votes(x, self.noise, size - drawn, batch_size, gen)[c_a])
+            drawn = size
+            p_lower, p_upper = (float(v) for v in clopper_pearson(n_a, drawn, alpha_look))
+            if schedule.should_stop(p_lower, p_upper):
+                break
+        return self._np_result(c_a, n_a, drawn, alpha_look, x.numel(), n0 + drawn, "np")
 
     def _check_q(self, q_sigma: float | None, q_threshold: float | Literal["auto"] | None) -> None:
         if (q_sigma is None) == (q_threshold is None):

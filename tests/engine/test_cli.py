@@ -89,6 +89,13 @@ def test_certify_dsrs_and_iss(tmp_path, exported_model):
     result = runner.invoke(app, [*common, "--n", "20000", "--iss-delta", "0.05", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert all(50 + 1000 <= r["samples"] <= 50 + 20000 for r in read_rows(out))
+    out = tmp_path / "sequential.jsonl"
+    result = runner.invoke(app, [*common, "--n", "20000", "--sequential-delta", "0.05", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    looks = {50 + m for m in (1000, 2000, 4000, 8000, 16000, 20000)}
+    assert all(r["samples"] in looks for r in read_rows(out))
+    result = runner.invoke(app, [*common, "--iss-delta", "0.05", "--sequential-delta", "0.05", "--out", str(out)])
+    assert result.exit_code == 2 and "choose one" in result.output
 
 
 def test_unsafe_model_files_are_refused_without_running_them(tmp_path):

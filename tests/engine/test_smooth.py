@@ -8,7 +8,7 @@ from engine.bounds import clopper_pearson
 from engine.models import create_model
 from engine.noise import Gaussian, GeneralizedGaussian
 from engine.radius import np_radius
-from engine.schedule import ISSSchedule
+from engine.schedule import ISSSchedule, SequentialSchedule
 from engine.smooth import ABSTAIN, SmoothedClassifier, top_two
 from tests.engine.exact_models import CallCounter, Constant, LinearBinary, RadialBinary
 
@@ -178,3 +178,37 @@ def test_channels_last_certifies_like_the_default_layout():
     nhwc = SmoothedClassifier(model, 10, Gaussian(SIGMA), channels_last=True).certify(x, 50, 2000, 0.001, 500, seed=3)
     assert nhwc.prediction == plain.prediction
     assert nhwc.radius == pytest.approx(plain.radius, abs=1e-9)
+
+
+def test_sequential_certificates_are_sound_against_the_exact_radius():
+    # the stopping rule reads the same votes it reports, so only the union bound over looks keeps alpha
+    runs, alpha = 600, 0.2
+    model, x = linear_case(0.85)
+    true_radius = model.true_radius(x)
+    smooth = SmoothedClassifier(model, 2, Gaussian(SIGMA))
+    schedule = SequentialSchedule(SIGMA, 800, alpha, delta=0.5, first=25, batch_size=25)
+    failures, sizes = 0, set()
+    for seed in range(runs):
+        r = smooth.certify(x, 20, 800, alpha, 256, schedule=schedule, seed=seed)
+        sizes.add(r.samples - 20)
+        if r.prediction != ABSTAIN and (r.prediction != 1 or r.radius > true_radius):
+            failures += 1
+    assert failures <= binom.ppf(0.999, runs, alpha)
+    assert failures > 0  # the check has power: per-look bounds at alpha / 6 do fail sometimes
+    assert len(sizes) > 1 and sizes <= set(schedule.looks())  # it does stop at different looks
+
+
+def test_sequential_schedule_stops_early_where_more_samples_cannot_help():
+    schedule = SequentialSchedule(SIGMA, 100_000, 0.001, delta=0.05, first=1000, batch_size=1000)
+    assert schedule.looks() == [1000, 2000, 4000, 8000, 16000, 32000, 64000, 100_000]
+    assert schedule.look_alpha() == pytest.approx(0.001 / 8)
+    model, x = linear_case(0.75)  # clear but uncertain: the radius saturates long before n_max
+    r = SmoothedClassifier(model, 2, Gaussian(SIGMA)).certify(x, 100, 100_000, 0.001, 1000, schedule=schedule, seed=2)
+    assert r.prediction == 1 and r.samples <= 100 + 16_000
+    assert r.radius <= model.true_radius(x)
+    tie = SmoothedClassifier(tie_model(), 2, Gaussian(SIGMA))
+    r = tie.certify(torch.zeros(1, 4, 4), 100, 100_000, 0.001, 1000, schedule=schedule, seed=3)
+    assert r.prediction == ABSTAIN
+    for bad in ({"first": 0}, {"growth": 1.0}, {"delta": -1.0}):
+        with pytest.raises(ValueError, match="invalid sequential schedule"):
+            SequentialSchedule(SIGMA, 1000, 0.001, **bad)
