@@ -128,6 +128,8 @@ def certify(
     iss_mode: Annotated[ISSMode, typer.Option(help="ISS: absolute or relative delta")] = ISSMode.absolute,
     sequential_delta: Annotated[float | None, typer.Option(
         help="anytime-valid sequential sampling: stop once n cannot add more than this radius")] = None,
+    pack: Annotated[int, typer.Option(min=1, help="certify this many inputs together, their noisy copies "
+                                                  "sharing batches (NP; fills the device for small inputs)")] = 1,
     indices: Annotated[str | None, typer.Option(help="inputs to certify, e.g. 0,5,10-19")] = None,
     stride: Annotated[int, typer.Option(min=1, help="every stride-th input")] = 1,
     count: Annotated[int | None, typer.Option(min=0, help="at most this many inputs")] = None,
@@ -171,6 +173,8 @@ def certify(
             if iss_delta is not None else SequentialSchedule(sigma, n, alpha, delta=sequential_delta,
                                                              first=min(n, batch_size), batch_size=batch_size)
     q_t = parse_q_threshold(q_threshold)
+    if pack > 1 and (method is not Method.np or isinstance(schedule, SequentialSchedule)):
+        raise fail("--pack works with --method np and a fixed or ISS sample size")
     rows: list[dict] = []
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,23 +182,28 @@ def certify(
                TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
     with out.open("w") as sink, Progress(*columns, console=progress_console) as progress:
         task = progress.add_task("certify", total=len(picks), status="")
-        for i in picks:
+        for group in (picks[g:g + pack] for g in range(0, len(picks), pack)):
+            group_seed = None if seed is None else seed + group[0]
             try:
-                result = smoothed.certify(data.x[i], n0, n, alpha, batch_size, method=method.value, schedule=schedule,
-                                          q_sigma=q_sigma, q_threshold=q_t,
-                                          seed=None if seed is None else seed + i)
+                if pack > 1:  # the noisy copies of several inputs share each batch
+                    results = smoothed.certify_many(data.x[group], n0, n, alpha, batch_size, schedule=schedule,
+                                                    seed=group_seed)
+                else:
+                    results = [smoothed.certify(data.x[group[0]], n0, n, alpha, batch_size, method=method.value,
+                                                schedule=schedule, q_sigma=q_sigma, q_threshold=q_t, seed=group_seed)]
             except ValueError as error:
                 raise fail(str(error)) from None
-            label = int(data.y[i])
-            row = {"index": i, "label": label, "prediction": result.prediction, "radius": result.radius,
-                   "p_lower": result.p_lower, "p_upper": result.p_upper, "q_lower": result.q_lower,
-                   "q_upper": result.q_upper, "samples": result.samples, "seconds": result.seconds,
-                   "correct": result.prediction == label}
-            sink.write(json.dumps(row) + "\n")
+            for i, result in zip(group, results, strict=True):
+                label = int(data.y[i])
+                row = {"index": i, "label": label, "prediction": result.prediction, "radius": result.radius,
+                       "p_lower": result.p_lower, "p_upper": result.p_upper, "q_lower": result.q_lower,
+                       "q_upper": result.q_upper, "samples": result.samples, "seconds": result.seconds,
+                       "correct": result.prediction == label}
+                sink.write(json.dumps(row) + "\n")
+                rows.append(row)
             sink.flush()
-            rows.append(row)
             certified = sum(r["correct"] for r in rows)
-            progress.update(task, advance=1, status=f"correct {certified}/{len(rows)}")
+            progress.update(task, advance=len(group), status=f"correct {certified}/{len(rows)}")
     console.print(f"wrote {len(rows)} certificates to {out}")
     if rows:
         print_summary(rows, time.perf_counter() - start)

@@ -23,7 +23,7 @@ from engine.bounds import (
 )
 from engine.noise import Noise
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
-from engine.sampling import Classifier, count_votes, make_generator, model_device
+from engine.sampling import Classifier, count_votes, count_votes_many, make_generator, model_device
 from engine.schedule import SampleSchedule, SequentialSchedule
 
 ABSTAIN = -1
@@ -131,6 +131,42 @@ class SmoothedClassifier:
         else:
             raise ValueError(f"unknown method {method!r}: use 'np' or 'dsrs'")
         return replace(result, seconds=time.perf_counter() - start)
+
+    def certify_many(
+        self,
+        xs: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        *,
+        schedule: SampleSchedule | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> list[CertifyResult]:
+        """NP certificates for a stack of inputs (m, C, H, W), their noisy copies packed into shared batches.
+
+        The same algorithm as ``certify`` (selection on n0 draws, then fresh draws, ISS sizes per input
+        from each pilot), so each certificate holds at alpha; only the batching differs, which keeps
+        the device full when one input's n0 or n would underfill a batch. Seeds are per call, not per input.
+        """
+        if isinstance(schedule, SequentialSchedule):
+            raise ValueError("the sequential schedule certifies inputs one at a time; use certify")
+        start = time.perf_counter()
+        gen = self._generator(generator, seed)
+        counts0 = count_votes_many(self.model, xs, self.noise, n0, self.num_classes, batch_size, generator=gen,
+                                   channels_last=self.channels_last)
+        winners = [top_two(c)[0] for c in counts0]
+        sizes = [n] * len(xs)
+        if schedule is not None:
+            sizes = [int(schedule.sample_size(*(float(v) for v in clopper_pearson(int(c[w]), n0, alpha))))
+                     for c, w in zip(counts0, winners, strict=True)]
+        counts = count_votes_many(self.model, xs, self.noise, sizes, self.num_classes, batch_size, generator=gen,
+                                  channels_last=self.channels_last)
+        seconds = (time.perf_counter() - start) / max(len(xs), 1)
+        d = xs[0].numel()
+        return [replace(self._np_result(w, int(c[w]), size, alpha, d, n0 + size, "np"), seconds=seconds)
+                for c, w, size in zip(counts, winners, sizes, strict=True)]
 
     # -- the two certificates ---------------------------------------------------------------------
     def _np_radius(self, p_lower: float, d: int) -> float:

@@ -179,3 +179,18 @@ def test_certify_with_the_demo_denoiser_equals_the_engine_on_the_composed_model(
         expected = smoothed.certify(x[row["index"]], 50, 1000, 0.001, 500, seed=7 + row["index"])
         assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
     assert sum(r["correct"] for r in read_rows(out)) >= 3
+
+
+def test_packed_certification_writes_the_same_rows_in_order(tmp_path, exported_model):
+    common = ["certify", str(exported_model), "--sigma", "0.25", "--n0", "50", "--n", "1000", "--batch-size", "4000",
+              "--count", "10", "--seed", "0"]
+    out = tmp_path / "packed.jsonl"
+    result = runner.invoke(app, [*common, "--pack", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out)
+    labels = load_dataset("digits").y
+    assert [r["index"] for r in rows] == list(range(10))
+    assert all(r["samples"] == 1050 and r["label"] == int(labels[r["index"]]) for r in rows)
+    assert sum(r["correct"] for r in rows) >= 8
+    result = runner.invoke(app, [*common, "--pack", "4", "--method", "dsrs", "--q-sigma", "0.2", "--out", str(out)])
+    assert result.exit_code == 2 and "--pack works with --method np" in result.output

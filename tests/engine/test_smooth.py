@@ -212,3 +212,23 @@ def test_sequential_schedule_stops_early_where_more_samples_cannot_help():
     for bad in ({"first": 0}, {"growth": 1.0}, {"delta": -1.0}):
         with pytest.raises(ValueError, match="invalid sequential schedule"):
             SequentialSchedule(SIGMA, 1000, 0.001, **bad)
+
+
+def test_certify_many_packs_inputs_and_keeps_each_certificate_sound():
+    runs, alpha = 300, 0.1
+    model, x = linear_case(0.85)
+    true_radius = model.true_radius(x)
+    counter = CallCounter(model)
+    smooth = SmoothedClassifier(counter, 2, Gaussian(SIGMA))
+    xs = x.unsqueeze(0).repeat(runs, 1, 1, 1)
+    results = smooth.certify_many(xs, 20, 200, alpha, 4096, seed=0)
+    assert len(results) == runs and all(r.samples == 220 for r in results)
+    assert max(counter.batches) == 4096  # 300 inputs x 200 draws share full batches
+    failures = sum(r.prediction != ABSTAIN and (r.prediction != 1 or r.radius > true_radius) for r in results)
+    assert 0 < failures <= binom.ppf(0.999, runs, alpha)
+    # ISS sizes come from each input's own pilot
+    schedule = ISSSchedule(SIGMA, 20_000, 0.001, delta=0.05, batch_size=200, grid=201)
+    easy, x_easy = linear_case(0.75, seed=1)
+    packed = SmoothedClassifier(easy, 2, Gaussian(SIGMA)).certify_many(torch.stack([x_easy] * 4), 100, 20_000, 0.001,
+                                                                        1000, schedule=schedule, seed=1)
+    assert all(r.prediction == 1 and (r.samples - 100) % 200 == 0 and r.samples < 5000 for r in packed)
