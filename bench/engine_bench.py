@@ -29,9 +29,12 @@ from engine.smooth import SmoothedClassifier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
 PRESETS = {
-    "quick": {"n": 10_000, "n0": 100, "inputs": 16, "batch_size": 1000, "radius_calls": 5, "repeats": 3},
-    "full": {"n": 100_000, "n0": 100, "inputs": 100, "batch_size": 10_000, "radius_calls": 20, "repeats": 2},
+    "quick": {"n": 10_000, "n0": 100, "inputs": 16, "batch_size": 1000, "radius_calls": 5, "repeats": 3,
+              "pack_inputs": 200, "pack_n": 1000, "schedule_inputs": 24, "schedule_n": 20_000},
+    "full": {"n": 100_000, "n0": 100, "inputs": 100, "batch_size": 10_000, "radius_calls": 20, "repeats": 2,
+             "pack_inputs": 1000, "pack_n": 1000, "schedule_inputs": 200, "schedule_n": 100_000},
 }
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 SIGMA, ALPHA, WIDTH = 0.25, 0.001, 16
 GRID = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -92,20 +95,25 @@ def run_both(model, xs, ys, cfg, device) -> dict[str, tuple[float, int, dict]]:
         c, radius = cohen_reference.certify(model, x, cfg["n0"], cfg["n"], ALPHA, cfg["batch_size"], SIGMA, 10)
         return c, radius, cfg["n0"] + cfg["n"]
 
-    noisy = {}  # one pre-drawn noisy batch per input: the forward pass alone, the ceiling for NCHW
+    noisy = {}  # one pre-drawn noisy batch per input: the forward pass alone, in each layout
 
-    def forward_only(i: int, x: torch.Tensor) -> tuple[int, float, int]:
-        if i not in noisy:
-            gen = torch.Generator(device=x.device).manual_seed(i)
-            noisy[i] = x + SIGMA * torch.randn((cfg["batch_size"], *x.shape), device=x.device, generator=gen)
-        steps = -(-(cfg["n0"] + cfg["n"]) // cfg["batch_size"])
-        with torch.inference_mode():
-            for _ in range(steps):
-                model(noisy[i]).argmax(1)
-        return -1, 0.0, steps * cfg["batch_size"]
+    def forward_only(net: torch.nn.Module, layout: torch.memory_format) -> Callable[[int, torch.Tensor], tuple]:
+        def run(i: int, x: torch.Tensor) -> tuple[int, float, int]:
+            if (i, layout) not in noisy:
+                gen = torch.Generator(device=x.device).manual_seed(i)
+                batch = x + SIGMA * torch.randn((cfg["batch_size"], *x.shape), device=x.device, generator=gen)
+                noisy[i, layout] = batch.contiguous(memory_format=layout)
+            steps = -(-(cfg["n0"] + cfg["n"]) // cfg["batch_size"])
+            with torch.inference_mode():
+                for _ in range(steps):
+                    net(noisy[i, layout]).argmax(1)
+            return -1, 0.0, steps * cfg["batch_size"]
+
+        return run
 
     runners = {"ours": engine("ours"), "ours_nchw": engine("ours_nchw"), "cohen": cohen,
-               "forward_only": forward_only}
+               "forward_only": forward_only(model, torch.contiguous_format),
+               "forward_only_channels_last": forward_only(engines["ours"].model, torch.channels_last)}
     seconds = dict.fromkeys(runners, 0.0)
     samples = dict.fromkeys(runners, 0)
     radii: dict[str, list[float]] = {name: [] for name in runners}
@@ -139,6 +147,61 @@ def time_dsrs_radius(calls: int) -> dict:
     return out
 
 
+def time_packing(model: torch.nn.Module, xs: torch.Tensor, cfg: dict, device: torch.device) -> dict:
+    """Issue 6, target 3: certify many small inputs one at a time, then packed into shared batches
+    (``certify_many``), same n0, n and alpha; both certified-accuracy summaries are reported."""
+    smoothed = SmoothedClassifier(copy.deepcopy(model), 10, Gaussian(SIGMA), channels_last=True)
+    n0, n, batch = cfg["n0"], cfg["pack_n"], cfg["batch_size"]
+    smoothed.certify_many(xs[:4], n0, n, ALPHA, batch, seed=0)  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    single = [smoothed.certify(x, n0, n, ALPHA, batch, seed=i) for i, x in enumerate(xs)]
+    synchronize(device)
+    single_s = time.perf_counter() - start
+    start = time.perf_counter()
+    packed = smoothed.certify_many(xs, n0, n, ALPHA, batch, seed=0)
+    synchronize(device)
+    packed_s = time.perf_counter() - start
+    return {"inputs": len(xs), "n0": n0, "n": n, "batch_size": batch, "one_at_a_time_s": single_s, "packed_s": packed_s,
+            "speedup": single_s / packed_s,
+            "one_at_a_time_certified": sum(r.radius > 0 for r in single),
+            "packed_certified": sum(r.radius > 0 for r in packed)}
+
+
+def compare_schedules(cfg: dict, device: torch.device) -> dict | None:
+    """Issue 6, target 4: mean samples per input and ACR for fixed n, ISS and the sequential schedule on the
+    Fashion-MNIST demo model trained at sigma 0.5 (skipped when Fashion-MNIST is not installed)."""
+    from engine.models import load_model
+    from engine.schedule import ISSSchedule, SequentialSchedule
+
+    try:
+        data = load_dataset("fashion_mnist", split="test")
+    except FileNotFoundError:
+        return None
+    sigma, n, batch = 0.5, cfg["schedule_n"], cfg["batch_size"]
+    stride = len(data.x) // cfg["schedule_inputs"]
+    xs, ys = data.x[::stride][: cfg["schedule_inputs"]].to(device), data.y[::stride][: cfg["schedule_inputs"]]
+    net = load_model(DEMO / "fashion_cnn_gaussian_0.5.pt", map_location=device)
+    smoothed = SmoothedClassifier(net, 10, Gaussian(sigma), channels_last=True)
+    schedules = {"fixed": None,
+                 "iss": ISSSchedule(sigma, n, ALPHA, delta=0.05, batch_size=batch),
+                 "sequential": SequentialSchedule(sigma, n, ALPHA, delta=0.05, first=batch, batch_size=batch)}
+    out: dict = {"model": "models/demo/fashion_cnn_gaussian_0.5.pt", "sigma": sigma, "n_max": n, "delta": 0.05,
+                 "inputs": len(xs)}
+    for name, schedule in schedules.items():
+        start = time.perf_counter()
+        results = [smoothed.certify(x, cfg["n0"], n, ALPHA, batch, schedule=schedule, seed=i) for i, x in enumerate(xs)]
+        seconds = time.perf_counter() - start
+        radii = [r.radius for r in results]
+        correct = [r.prediction == int(y) for r, y in zip(results, ys, strict=True)]
+        out[name] = {"mean_samples": float(np.mean([r.samples for r in results])), "seconds": seconds,
+                     **summarise(radii, correct)}
+    for name in ("iss", "sequential"):
+        out[name]["sample_reduction"] = out["fixed"]["mean_samples"] / out[name]["mean_samples"]
+        out[name]["acr_drop"] = out["fixed"]["acr"] - out[name]["acr"]
+    return out
+
+
 def main() -> dict:
     preset = os.environ.get("BENCH", "quick")
     cfg = PRESETS[preset]
@@ -158,7 +221,10 @@ def main() -> dict:
     (ours_s, ours_samples, ours_stats), (cohen_s, cohen_samples, cohen_stats) = timings["ours"], timings["cohen"]
     nchw_s, nchw_samples, nchw_stats = timings["ours_nchw"]
     ceiling = timings["forward_only"][1] / timings["forward_only"][0]
+    ceiling_cl = timings["forward_only_channels_last"][1] / timings["forward_only_channels_last"][0]
     radius_times = time_dsrs_radius(cfg["radius_calls"])
+    packing = time_packing(model, data.x[: cfg["pack_inputs"]].to(device), cfg, device)
+    schedules = compare_schedules(cfg, device)
     result = {
         "preset": preset,
         "device": device_name(device),
@@ -170,10 +236,15 @@ def main() -> dict:
         "ours_samples_per_s": ours_samples / ours_s, "cohen_samples_per_s": cohen_samples / cohen_s,
         "speedup_vs_cohen": (ours_samples / ours_s) / (cohen_samples / cohen_s),
         "forward_only_samples_per_s": ceiling,
+        "forward_only_channels_last_samples_per_s": ceiling_cl,
+        "sampling_efficiency": (ours_samples / ours_s) / ceiling_cl,
+        "precision": "float32 (bf16 is a GPU option; CPU runs fp32)",
         "ours_layout": "channels_last (NHWC); Cohen's loop and ours_nchw run the NCHW model",
         "ours_nchw_samples_per_s": nchw_samples / nchw_s, "ours_nchw_s": nchw_s,
         "ours": ours_stats, "ours_nchw": nchw_stats, "cohen": cohen_stats,
         "dsrs_radius_ms": radius_times,
+        "packing": packing,
+        "schedules": schedules,
         "torch": torch.__version__,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +261,17 @@ def print_report(r: dict) -> None:
     print(f"ours, NCHW: {r['ours_nchw_samples_per_s']:>7,.0f} samples/s  ({r['ours_nchw_s']:.2f} s)")
     print(f"cohen: {r['cohen_samples_per_s']:>12,.0f} samples/s  ({r['cohen_s']:.2f} s)")
     print(f"NCHW forward pass alone: {r['forward_only_samples_per_s']:,.0f} samples/s (Cohen's ceiling)")
-    print(f"speedup vs Cohen's loop: {r['speedup_vs_cohen']:.2f}x")
+    print(f"speedup vs Cohen's loop: {r['speedup_vs_cohen']:.2f}x; certify at "
+          f"{100 * r['sampling_efficiency']:.0f}% of the channels-last forward pass alone")
+    p = r["packing"]
+    print(f"{p['inputs']} inputs at n={p['n']}: one at a time {p['one_at_a_time_s']:.2f} s, packed {p['packed_s']:.2f} s "
+          f"({p['speedup']:.1f}x)")
+    if r["schedules"]:
+        s = r["schedules"]
+        for name in ("fixed", "iss", "sequential"):
+            extra = "" if name == "fixed" else \
+                f"  ({s[name]['sample_reduction']:.1f}x fewer, ACR drop {s[name]['acr_drop']:+.4f})"
+            print(f"{name:<10} mean samples {s[name]['mean_samples']:>9,.0f}  ACR {s[name]['acr']:.4f}{extra}")
     header = "radius    " + " ".join(f"{g:>6}" for g in GRID) + "     ACR"
     print(header)
     for name in ("ours", "ours_nchw", "cohen"):
