@@ -166,10 +166,14 @@ class JobConfig(SQLModel):
     sigma: float = Field(default=0.25, gt=0)
     alpha: float = Field(default=0.001, gt=0, lt=1)
     n0: int = Field(default=100, ge=1)
-    n: int = Field(default=100_000, ge=1, description="estimation samples (DSRS: over P and Q; ISS: maximum)")
+    n: int = Field(default=100_000, ge=1,
+                   description="estimation samples (DSRS: over P and Q; ISS and sequential: maximum)")
     batch_size: int = Field(default=1000, ge=1)
     iss_delta: float | None = Field(default=None, gt=0, description="ISS budget; None keeps n fixed")
     iss_mode: Literal["absolute", "relative"] = "absolute"
+    sequential_delta: float | None = Field(
+        default=None, gt=0, description="anytime-valid sequential sampling (method np): draw n in growing looks and "
+                                        "stop once more samples cannot add more than this to the radius; None keeps n fixed")
     q_sigma: float | None = Field(default=None, gt=0, description="DSRS: Q is the same noise at this sigma")
     q_threshold: float | Literal["auto"] | None = Field(default=None, description="DSRS: truncated P as Q")
     denoiser_id: int | None = None
@@ -179,6 +183,10 @@ class JobConfig(SQLModel):
     def _consistent(self) -> JobConfig:
         if self.iss_delta is not None and self.method is not Method.np:
             raise ValueError("iss_delta (input-specific sampling) works with method np")
+        if self.sequential_delta is not None and self.method is not Method.np:
+            raise ValueError("sequential_delta (sequential sampling) works with method np")
+        if self.iss_delta is not None and self.sequential_delta is not None:
+            raise ValueError("choose one of iss_delta and sequential_delta")
         if self.method is Method.dsrs and (self.q_sigma is None) == (self.q_threshold is None):
             raise ValueError("method dsrs needs exactly one of q_sigma and q_threshold")
         if self.noise is NoiseKind.gaussian and self.k:

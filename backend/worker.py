@@ -31,7 +31,7 @@ from backend.queue import SHARD_TASK, ShardTask, redis_settings
 from engine.data import ImageDataset
 from engine.denoise import denoised_classifier
 from engine.noise import make_noise
-from engine.schedule import ISSSchedule
+from engine.schedule import ISSSchedule, SampleSchedule, SequentialSchedule
 from engine.smooth import SmoothedClassifier
 
 log = structlog.get_logger("kavach.worker")
@@ -48,7 +48,7 @@ class ShardWork:
     config: JobConfig
     smoothed: SmoothedClassifier
     data: ImageDataset
-    schedule: ISSSchedule | None
+    schedule: SampleSchedule | None
     todo: list[int]
 
 
@@ -118,10 +118,18 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
     noise = make_noise(config.noise.value, config.sigma, k=config.k, d=d if config.k else None)
     eager = not isinstance(net, torch.jit.ScriptModule) and resources.device != "cpu"
     smoothed = SmoothedClassifier(net, classes, noise, channels_last=eager)
-    schedule = None if config.iss_delta is None else ISSSchedule(
-        config.sigma, config.n, config.alpha, delta=config.iss_delta, mode=config.iss_mode,
-        batch_size=config.batch_size)
-    return ShardWork(shard, config, smoothed, data, schedule, [i for i in shard.indices if i not in stored])
+    return ShardWork(shard, config, smoothed, data, sample_schedule(config),
+                     [i for i in shard.indices if i not in stored])
+
+
+def sample_schedule(c: JobConfig) -> SampleSchedule | None:
+    """The config's sample-size schedule, built as ``kavach certify`` builds it; None keeps n fixed."""
+    if c.iss_delta is not None:
+        return ISSSchedule(c.sigma, c.n, c.alpha, delta=c.iss_delta, mode=c.iss_mode, batch_size=c.batch_size)
+    if c.sequential_delta is not None:
+        return SequentialSchedule(c.sigma, c.n, c.alpha, delta=c.sequential_delta, first=min(c.n, c.batch_size),
+                                  batch_size=c.batch_size)
+    return None
 
 
 def certify_input(work: ShardWork, index: int) -> None:

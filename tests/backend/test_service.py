@@ -248,6 +248,40 @@ def test_shape_and_label_mismatches_get_422(service, model_id, scripted_model, t
         assert upload_npz("bad", np.zeros((2, 8), np.uint8), np.arange(2)).status_code == 422
 
 
+SEQUENTIAL = {"n": 4000, "batch_size": 500, "sequential_delta": 0.1}
+
+
+def test_a_sequential_job_stops_each_input_at_one_of_the_schedule_s_looks(service, model_id, scripted_model):
+    from engine.schedule import SequentialSchedule
+
+    with service.client() as client:
+        created = start_job(client, model_id, **SEQUENTIAL)
+        assert created.status_code == 201, created.text
+        job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("done", "failed"))
+        assert job["state"] == "done" and job["config"]["sequential_delta"] == 0.1, job
+        rows = all_rows(client, job["id"])
+    # as kavach certify builds it: the first look is one batch
+    schedule = SequentialSchedule(0.25, 4000, 0.001, delta=0.1, first=500, batch_size=500)
+    assert schedule.looks() == [500, 1000, 2000, 4000]
+    n0 = FAST_CONFIG["n0"]
+    assert all(r["samples"] - n0 in schedule.looks() for r in rows)
+    assert min(r["samples"] for r in rows) < n0 + 4000 and job["progress"]["samples"] == sum(r["samples"] for r in rows)
+    expected = engine_rows(torch.jit.load(str(scripted_model)), len(rows), schedule, **SEQUENTIAL)
+    assert result_tuples(rows) == expected
+
+
+def test_a_sample_schedule_needs_method_np_and_only_one_of_them(service, model_id):
+    dsrs = {"method": "dsrs", "q_sigma": 0.2}
+    with service.client() as client:
+        for config, problem in (({**dsrs, "sequential_delta": 0.1}, "sequential_delta (sequential sampling) works"),
+                                ({**dsrs, "iss_delta": 0.1}, "iss_delta (input-specific sampling) works"),
+                                ({"iss_delta": 0.1, "sequential_delta": 0.1}, "choose one of iss_delta and"),
+                                ({"sequential_delta": 0}, "greater than 0")):
+            response = start_job(client, model_id, **config)
+            assert response.status_code == 422, (config, response.text)
+            assert problem in response.json()["detail"][0]["msg"], response.text
+
+
 def test_a_zip_of_class_folders_is_a_dataset(service, model_id):
     from PIL import Image
 
@@ -348,22 +382,33 @@ def denoised_pair(tmp_path_factory) -> tuple[Path, Path]:
             save_checkpoint(folder / "drunet.pt", denoiser, "drunet_small", DRUNET_KWARGS, {"sigmas": [0.25]}))
 
 
-def reference_rows(classifier: torch.nn.Module, denoiser: torch.nn.Module, level: float, count: int) -> list[tuple]:
-    """The engine alone on classifier(denoiser(x)) with the denoiser told ``level``: FAST_CONFIG, seed + index."""
-    from engine.denoise import denoised_classifier
+def engine_rows(net: torch.nn.Module, count: int, schedule=None, **config) -> list[tuple]:
+    """The engine alone on digits 0..count-1 at FAST_CONFIG updated by ``config``, seed + index."""
     from engine.noise import Gaussian
     from engine.smooth import SmoothedClassifier
 
-    smoothed = SmoothedClassifier(denoised_classifier(classifier, denoiser, level), 10, Gaussian(FAST_CONFIG["sigma"]))
+    c = {**FAST_CONFIG, **config}
+    smoothed = SmoothedClassifier(net, 10, Gaussian(c["sigma"]))
     x = load_dataset("digits").x
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker (OMP_NUM_THREADS=1): the same kernels, the same floats
     try:
-        results = [smoothed.certify(x[i], FAST_CONFIG["n0"], FAST_CONFIG["n"], FAST_CONFIG["alpha"],
-                                    FAST_CONFIG["batch_size"], seed=FAST_CONFIG["seed"] + i) for i in range(count)]
+        results = [smoothed.certify(x[i], c["n0"], c["n"], c["alpha"], c["batch_size"], seed=c["seed"] + i,
+                                    schedule=schedule) for i in range(count)]
     finally:
         torch.set_num_threads(threads)
     return [(r.prediction, r.radius, r.p_lower, r.p_upper, r.samples) for r in results]
+
+
+def reference_rows(classifier: torch.nn.Module, denoiser: torch.nn.Module, level: float, count: int) -> list[tuple]:
+    """The engine alone on classifier(denoiser(x)) with the denoiser told ``level``: FAST_CONFIG, seed + index."""
+    from engine.denoise import denoised_classifier
+
+    return engine_rows(denoised_classifier(classifier, denoiser, level), count)
+
+
+def result_tuples(rows: list[dict]) -> list[tuple]:
+    return [(r["prediction"], r["radius"], r["p_lower"], r["p_upper"], r["samples"]) for r in rows]
 
 
 def test_a_job_with_a_denoiser_certifies_the_classifier_of_the_denoised_input_at_the_job_s_sigma(
@@ -393,8 +438,7 @@ def test_a_job_with_a_denoiser_certifies_the_classifier_of_the_denoised_input_at
     expected = reference_rows(net, drunet, FAST_CONFIG["sigma"], len(rows))
     # the check tells noise levels apart: the DRUNet's default level 0 gives other counts
     assert reference_rows(net, drunet, 0.0, len(rows)) != expected
-    got = [(r["prediction"], r["radius"], r["p_lower"], r["p_upper"], r["samples"]) for r in rows]
-    assert got == expected
+    assert result_tuples(rows) == expected
     assert sum(r["correct"] for r in rows) >= 4
 
 
