@@ -44,5 +44,6 @@ describe('configLabel', () => {
     expect(configLabel(3, { method: 'np', noise: 'gaussian', sigma: 0.25, n: 1000 })).toBe('#3 NP Gaussian σ=0.25 N=1000');
     expect(configLabel(4, { method: 'dsrs', noise: 'general_gaussian', k: 2, sigma: 0.5, q_sigma: 0.4, n: 500, denoiser_id: 7 }))
       .toBe('#4 DSRS GG k=2 σ=0.5 Qσ=0.4 N=500 denoiser #7');
+    expect(configLabel(5, { method: 'np', sigma: 0.25, n: 4000, sequential_delta: 0.1 })).toBe('#5 NP Gaussian σ=0.25 N=4000 seq 0.1');
   });
 });

@@ -47,7 +47,7 @@ export function radiusHistogram(radii: number[], binCount = 10): Bin[] {
 /** A legend name for a job's config: what differs between jobs one compares. */
 export function configLabel(jobId: number, c: {
   method?: string; noise?: string; k?: number; sigma?: number; q_sigma?: number | null; n?: number;
-  iss_delta?: number | null; denoiser_id?: number | null;
+  iss_delta?: number | null; sequential_delta?: number | null; denoiser_id?: number | null;
 }): string {
   const parts = [`#${jobId}`, (c.method ?? 'np').toUpperCase()];
   parts.push(c.noise === 'general_gaussian' ? `GG k=${c.k}` : 'Gaussian');
@@ -55,6 +55,7 @@ export function configLabel(jobId: number, c: {
   if (c.method === 'dsrs' && c.q_sigma != null) parts.push(`Qσ=${c.q_sigma}`);
   parts.push(`N=${c.n}`);
   if (c.iss_delta != null) parts.push(`ISS ${c.iss_delta}`);
+  if (c.sequential_delta != null) parts.push(`seq ${c.sequential_delta}`);
   if (c.denoiser_id != null) parts.push(`denoiser #${c.denoiser_id}`);
   return parts.join(' ');
 }

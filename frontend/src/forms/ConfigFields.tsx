@@ -46,10 +46,12 @@ export function ConfigFields({ values, errors, onChange }: {
         {values.method === 'dsrs' && text('q_sigma', "Q's sigma", 'Q: the same noise at this sigma')}
         {text('sigma', 'Sigma')}
         {text('alpha', 'Alpha', 'failure probability')}
-        {text('n', 'N', 'estimation samples (ISS: the maximum)', 'numeric')}
+        {text('n', 'N', 'estimation samples (ISS, sequential: the maximum)', 'numeric')}
         {text('n0', 'n0', 'selection samples', 'numeric')}
         {text('batch_size', 'Batch size', undefined, 'numeric')}
-        {text('iss_delta', 'ISS budget', 'empty: fixed N')}
+        {values.method === 'np' && text('iss_delta', 'ISS budget', 'empty: fixed N')}
+        {values.method === 'np' && text('sequential_delta', 'Sequential delta',
+          'stop once more samples add less radius; empty: fixed N')}
         <Field name="denoiser_id" label="Denoiser" error={errors.denoiser_id}>
           <select id="f-denoiser_id" name="denoiser_id" value={values.denoiser_id}
                   onChange={(e) => onChange({ denoiser_id: e.target.value })}>

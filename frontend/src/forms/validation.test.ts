@@ -60,6 +60,20 @@ describe('validateConfig', () => {
     expect(jobCreate(1, defaultConfigValues).config?.iss_delta).toBeNull();
     expect(validateConfig({ ...defaultConfigValues, iss_delta: '-1' }).iss_delta).toBeDefined();
   });
+  it('checks the sequential delta as the API does: > 0, not with an ISS budget', () => {
+    expect(validateConfig({ ...defaultConfigValues, sequential_delta: '0.1' })).toEqual({});
+    expect(jobCreate(1, { ...defaultConfigValues, sequential_delta: '0.1' }).config?.sequential_delta).toBe(0.1);
+    expect(jobCreate(1, defaultConfigValues).config?.sequential_delta).toBeNull();
+    expect(validateConfig({ ...defaultConfigValues, sequential_delta: '0' }).sequential_delta).toMatch(/> 0/);
+    expect(validateConfig({ ...defaultConfigValues, sequential_delta: 'x' }).sequential_delta).toMatch(/> 0/);
+    expect(validateConfig({ ...defaultConfigValues, iss_delta: '0.05', sequential_delta: '0.1' }).sequential_delta)
+      .toMatch(/one of/);
+  });
+  it('sends sample-size schedules for method np only', () => {
+    const dsrs = { ...defaultConfigValues, method: 'dsrs' as const, q_sigma: '0.2', iss_delta: '-1', sequential_delta: '0.1' };
+    expect(validateConfig(dsrs)).toEqual({});
+    expect(jobCreate(1, dsrs).config).toMatchObject({ iss_delta: null, sequential_delta: null });
+  });
   it('sends only the fields that apply', () => {
     const body = jobCreate(5, { ...defaultConfigValues, count: '20' });
     expect(body).toMatchObject({ model_id: 5, dataset: 'digits', subset: { count: 20 } });

@@ -30,6 +30,7 @@ export interface ConfigValues {
   n0: string;
   batch_size: string;
   iss_delta: string; // '' = fixed n
+  sequential_delta: string; // '' = fixed n
   denoiser_id: string; // '' = none
 }
 
@@ -39,7 +40,8 @@ export const defaultModelValues: ModelValues = {
 
 export const defaultConfigValues: ConfigValues = {
   dataset: 'digits', count: '20', method: 'np', noise: 'gaussian', k: '0', q_sigma: '', sigma: '0.25',
-  alpha: '0.001', n: '10000', n0: '100', batch_size: '1000', iss_delta: '', denoiser_id: '',
+  alpha: '0.001', n: '10000', n0: '100', batch_size: '1000', iss_delta: '', sequential_delta: '',
+  denoiser_id: '',
 };
 
 const isInt = (s: string) => /^\s*\d+\s*$/.test(s);
@@ -84,8 +86,13 @@ export function validateConfig(v: ConfigValues): Errors {
   if (v.noise === 'general_gaussian') positiveInt(errors, 'k', v.k, 'k', 0);
   if (v.method === 'dsrs' && (!isNum(v.q_sigma) || Number(v.q_sigma) <= 0))
     errors.q_sigma = "DSRS needs Q's sigma > 0";
+  if (v.method !== 'np') return errors; // sample-size schedules are for NP only, and not sent otherwise
   if (v.iss_delta.trim() !== '' && (!isNum(v.iss_delta) || Number(v.iss_delta) <= 0))
     errors.iss_delta = 'ISS budget must be a number > 0 (empty: fixed N)';
+  if (v.sequential_delta.trim() !== '' && (!isNum(v.sequential_delta) || Number(v.sequential_delta) <= 0))
+    errors.sequential_delta = 'sequential delta must be a number > 0 (empty: fixed N)';
+  else if (v.sequential_delta.trim() !== '' && v.iss_delta.trim() !== '')
+    errors.sequential_delta = 'choose one of ISS budget and sequential delta';
   return errors;
 }
 
@@ -106,6 +113,9 @@ export function modelMetadata(v: ModelValues) {
   };
 }
 
+/** An optional number that only method np takes; null when empty or for another method. */
+const optionalNp = (v: ConfigValues, value: string) => (v.method === 'np' && value.trim() ? Number(value) : null);
+
 export function jobConfig(v: ConfigValues): JobConfig {
   return {
     method: v.method,
@@ -116,7 +126,8 @@ export function jobConfig(v: ConfigValues): JobConfig {
     n: Number(v.n),
     n0: Number(v.n0),
     batch_size: Number(v.batch_size),
-    iss_delta: v.iss_delta.trim() ? Number(v.iss_delta) : null,
+    iss_delta: optionalNp(v, v.iss_delta),
+    sequential_delta: optionalNp(v, v.sequential_delta),
     q_sigma: v.method === 'dsrs' ? Number(v.q_sigma) : null,
     denoiser_id: v.denoiser_id ? Number(v.denoiser_id) : null,
   };

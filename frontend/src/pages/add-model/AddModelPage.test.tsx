@@ -32,6 +32,19 @@ describe('AddModelPage', () => {
     expect(posts).toHaveLength(0);
   });
 
+  it('offers the sample-size schedules for method np only, one at a time', async () => {
+    const fetchMock = vi.fn(async () => json(200, { data: [], count: 0 }));
+    renderPage(fetchMock);
+    const user = userEvent.setup();
+    await user.type(screen.getByLabelText('ISS budget'), '0.05');
+    await user.type(screen.getByLabelText('Sequential delta'), '0.1');
+    await user.click(screen.getByRole('button', { name: 'Add and certify' }));
+    expect(await screen.findByText('choose one of ISS budget and sequential delta'))
+      .toHaveAttribute('data-field', 'sequential_delta');
+    await user.selectOptions(screen.getByLabelText('Method'), 'dsrs');
+    for (const label of ['ISS budget', 'Sequential delta']) expect(screen.queryByLabelText(label)).toBeNull();
+  });
+
   it('registers a denoiser without classes, input scaling or a certification', async () => {
     const fetchMock = vi.fn(async (req: Request) =>
       req.method === 'POST' ? json(201, { id: 3 }) : json(200, { data: [], count: 0 }));
