@@ -31,7 +31,7 @@ from backend.queue import SHARD_TASK, ShardTask, redis_settings
 from engine.data import ImageDataset
 from engine.denoise import denoised_classifier
 from engine.noise import make_noise
-from engine.schedule import ISSSchedule, SampleSchedule, SequentialSchedule
+from engine.schedule import SampleSchedule, make_schedule
 from engine.smooth import SmoothedClassifier
 
 log = structlog.get_logger("kavach.worker")
@@ -124,12 +124,8 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
 
 def sample_schedule(c: JobConfig) -> SampleSchedule | None:
     """The config's sample-size schedule, built as ``kavach certify`` builds it; None keeps n fixed."""
-    if c.iss_delta is not None:
-        return ISSSchedule(c.sigma, c.n, c.alpha, delta=c.iss_delta, mode=c.iss_mode, batch_size=c.batch_size)
-    if c.sequential_delta is not None:
-        return SequentialSchedule(c.sigma, c.n, c.alpha, delta=c.sequential_delta, first=min(c.n, c.batch_size),
-                                  batch_size=c.batch_size)
-    return None
+    return make_schedule(c.sigma, c.n, c.alpha, c.batch_size, iss_delta=c.iss_delta, iss_mode=c.iss_mode,
+                         sequential_delta=c.sequential_delta)
 
 
 def certify_input(work: ShardWork, index: int) -> None:

@@ -33,7 +33,7 @@ from engine.metrics import (
 from engine.models import UnsafeModelError, list_models, load_model
 from engine.noise import make_noise
 from engine.options import ISSMode, Method, NoiseKind
-from engine.schedule import ISSSchedule, SequentialSchedule
+from engine.schedule import SequentialSchedule, make_schedule
 from engine.smooth import SmoothedClassifier
 from engine.train.cli import train_app
 
@@ -169,9 +169,8 @@ def certify(
             raise fail("--iss-delta and --sequential-delta (sample-size schedules) work with --method np")
         if iss_delta is not None and sequential_delta is not None:
             raise fail("choose one of --iss-delta and --sequential-delta")
-        schedule = ISSSchedule(sigma, n, alpha, delta=iss_delta, mode=iss_mode.value, batch_size=batch_size) \
-            if iss_delta is not None else SequentialSchedule(sigma, n, alpha, delta=sequential_delta,
-                                                             first=min(n, batch_size), batch_size=batch_size)
+        schedule = make_schedule(sigma, n, alpha, batch_size, iss_delta=iss_delta, iss_mode=iss_mode.value,
+                                 sequential_delta=sequential_delta)
     q_t = parse_q_threshold(q_threshold)
     if pack > 1 and (method is not Method.np or isinstance(schedule, SequentialSchedule)):
         raise fail("--pack works with --method np and a fixed or ISS sample size")

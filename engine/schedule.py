@@ -157,7 +157,7 @@ class SequentialSchedule:
         """Cumulative sample sizes at which the votes are read: geometric, batch multiples, ending at n_max."""
         sizes, m = [], float(min(self.first, self.n_max))
         while m < self.n_max:
-            size = min(self.n_max, max(self.batch_size, int(round(m / self.batch_size)) * self.batch_size))
+            size = min(self.n_max, max(self.batch_size, round(m / self.batch_size) * self.batch_size))
             if not sizes or size > sizes[-1]:
                 sizes.append(size)
             m *= self.growth
@@ -176,3 +176,15 @@ class SequentialSchedule:
         now = self.sigma * float(ndtri(p_lower)) if p_lower > 0.5 else 0.0
         best = float(np_radius_at_rate(np.float64(p_upper), np.float64(self.n_max), self.sigma, self.look_alpha()))
         return now >= best - self.delta
+
+
+def make_schedule(sigma: float, n: int, alpha: float, batch_size: int, *, iss_delta: float | None = None,
+                  iss_mode: Mode = "absolute", sequential_delta: float | None = None) -> ISSSchedule | SequentialSchedule | None:
+    """The schedule a certification config names (CLI and service alike); None keeps n fixed."""
+    if iss_delta is not None and sequential_delta is not None:
+        raise ValueError("choose one of iss_delta and sequential_delta")
+    if iss_delta is not None:
+        return ISSSchedule(sigma, n, alpha, delta=iss_delta, mode=iss_mode, batch_size=batch_size)
+    if sequential_delta is not None:
+        return SequentialSchedule(sigma, n, alpha, delta=sequential_delta, first=min(n, batch_size), batch_size=batch_size)
+    return None

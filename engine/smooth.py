@@ -151,7 +151,7 @@ class SmoothedClassifier:
         the device full when one input's n0 or n would underfill a batch. Seeds are per call, not per input.
         """
         if isinstance(schedule, SequentialSchedule):
-            raise ValueError("the sequential schedule certifies inputs one at a time; use certify")
+            raise ValueError("the sequential schedule certifies inputs one at a time; use certify")  # noqa: TRY004
         start = time.perf_counter()
         gen = self._generator(generator, seed)
         counts0 = count_votes_many(self.model, xs, self.noise, n0, self.num_classes, batch_size, generator=gen,

@@ -1,7 +1,7 @@
 """Model architectures (a registry of names) and safe checkpoint loading."""
 
-from engine.models import cifar_resnet, cnn  # noqa: F401  (registers the architectures)
 from engine.denoise import drunet as _drunet  # noqa: F401  (registers drunet, drunet_small)
+from engine.models import cifar_resnet, cnn  # noqa: F401  (registers the architectures)
 from engine.models.loading import UnsafeModelError, detect_format, load_model
 from engine.models.registry import create_model, list_models, model_config, register_model
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from engine.data import load_dataset
 from engine.denoise.train import OBJECTIVES, DenoiserTraining, denoiser_meta, train_denoiser
@@ -65,7 +72,7 @@ def _noise(kind: NoiseKind, sigma: float, k: int, d: int) -> Noise:
 class _Bar:
     """A rich progress bar over all training steps, showing the running loss."""
 
-    def __enter__(self) -> _Bar:
+    def __enter__(self) -> Self:
         columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), TextColumn("loss {task.fields[loss]}"))
         self.progress = Progress(*columns, console=console)

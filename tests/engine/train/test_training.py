@@ -6,7 +6,13 @@ import torch.nn.functional as F
 
 from engine.data import load_dataset
 from engine.denoise import DRUNet
-from engine.denoise.train import DenoiserTraining, denoiser_metrics, mse_loss, noisy_with_levels, train_denoiser
+from engine.denoise.train import (
+    DenoiserTraining,
+    denoiser_metrics,
+    mse_loss,
+    noisy_with_levels,
+    train_denoiser,
+)
 from engine.models import create_model
 from engine.noise import Gaussian, GeneralizedGaussian
 from engine.train.classifier import ClassifierTraining, noisy_accuracy, train_classifier
@@ -83,7 +89,7 @@ def test_generalized_gaussian_training_draws_from_the_dsrs_law(digits):
 def test_consistency_regulariser_vanishes_when_every_copy_agrees():
     x, y = torch.rand(5, 1, 8, 8), torch.randint(0, 10, (5,))
     logits = torch.randn(1, 10)
-    constant = lambda batch: logits.expand(len(batch), 10)  # noqa: E731  ignores its input
+    constant = lambda batch: logits.expand(len(batch), 10)
     loss = consistency_loss(constant, x, y, Gaussian(0.5), m=3, lbd=5.0, eta=0.0)
     assert loss == pytest.approx(float(F.cross_entropy(logits.expand(5, 10), y)), abs=1e-5)
 
