@@ -97,16 +97,14 @@ def _epoch_line_text(log: EpochLog) -> str:
 
 def _command(ctx: typer.Context) -> str:
     """The command as given: every option not left at its default, in declaration order."""
-    import click
-    from click.core import ParameterSource
-
     words = ["kavach", "train", ctx.info_name or ""]
     for param in ctx.command.params:
-        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None):
+        source = ctx.get_parameter_source(param.name)  # typer's own click: compare by name
+        if source is None or source.name == "DEFAULT":
             continue
         value = ctx.params[param.name]
         value = getattr(value, "value", value)
-        words += [param.opts[0], str(value)] if isinstance(param, click.Option) else [str(value)]
+        words += [param.opts[0], str(value)] if param.opts[0].startswith("-") else [str(value)]
     return " ".join(shlex.quote(w) for w in words)
 
 

