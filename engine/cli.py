@@ -11,14 +11,6 @@ import numpy as np
 import torch
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from engine.data import load_dataset
@@ -33,6 +25,7 @@ from engine.metrics import (
 from engine.models import UnsafeModelError, list_models, load_model
 from engine.noise import make_noise
 from engine.options import ISSMode, Method, NoiseKind
+from engine.progress import progress_bar
 from engine.schedule import SequentialSchedule, make_schedule
 from engine.smooth import SmoothedClassifier
 from engine.train.cli import train_app
@@ -177,9 +170,7 @@ def certify(
     rows: list[dict] = []
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    columns = (TextColumn("certifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
-    with out.open("w") as sink, Progress(*columns, console=progress_console) as progress:
+    with out.open("w") as sink, progress_bar("certifying", console=progress_console) as progress:
         task = progress.add_task("certify", total=len(picks), status="")
         for group in (picks[g:g + pack] for g in range(0, len(picks), pack)):
             group_seed = None if seed is None else seed + group[0]

@@ -10,14 +10,6 @@ from typing import Annotated, Self
 import torch
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from engine.data import load_dataset
 from engine.denoise.train import OBJECTIVES, DenoiserTraining, denoiser_meta, train_denoiser
@@ -25,6 +17,7 @@ from engine.models import create_model, load_model
 from engine.models.registry import model_config
 from engine.noise import Noise, make_noise
 from engine.options import NoiseKind
+from engine.progress import progress_bar
 from engine.train.checkpoint import save_checkpoint
 from engine.train.classifier import METHODS, ClassifierTraining, train_classifier, training_meta
 from engine.train.loop import EpochLog
@@ -73,9 +66,7 @@ class _Bar:
     """A rich progress bar over all training steps, showing the running loss."""
 
     def __enter__(self) -> Self:
-        columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn(), TextColumn("loss {task.fields[loss]}"))
-        self.progress = Progress(*columns, console=console)
+        self.progress = progress_bar("training", "loss {task.fields[loss]}", console=console)
         self.progress.__enter__()
         self.task = self.progress.add_task("train", total=None, loss="-")
         return self
