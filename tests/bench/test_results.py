@@ -26,3 +26,8 @@ def test_results_document_from_a_small_run(tmp_path):
         assert len(row["records"]) == 4 and row["curve"] == sorted(row["curve"], reverse=True)
         assert all(r["samples"] == 220 or r["prediction"] == -1 for r in row["records"])
     assert text.count("denoised smoothing") == 4
+    # re-rendering from the JSON certifies nothing and writes the same table
+    (tmp_path / "results.png").unlink()
+    results.main(["--render", "--out", str(out)])
+    assert [line for line in out.read_text().splitlines() if line.startswith("| 0.")] == table
+    assert (tmp_path / "results.png").exists()
