@@ -169,6 +169,9 @@ class JobConfig(SQLModel):
     n: int = Field(default=100_000, ge=1,
                    description="estimation samples (DSRS: over P and Q; ISS and sequential: maximum)")
     batch_size: int = Field(default=1000, ge=1)
+    pack: int = Field(default=1, ge=1, le=1024,
+                      description="certify this many inputs together, their noisy copies sharing batches; "
+                                  "NP with fixed n or ISS only")
     iss_delta: float | None = Field(default=None, gt=0, description="ISS budget; None keeps n fixed")
     iss_mode: Literal["absolute", "relative"] = "absolute"
     sequential_delta: float | None = Field(
@@ -177,7 +180,8 @@ class JobConfig(SQLModel):
     q_sigma: float | None = Field(default=None, gt=0, description="DSRS: Q is the same noise at this sigma")
     q_threshold: float | Literal["auto"] | None = Field(default=None, description="DSRS: truncated P as Q")
     denoiser_id: int | None = None
-    seed: int | None = Field(default=None, description="input i uses seed + i")
+    seed: int | None = Field(default=None, description="input i uses seed + i; with pack > 1, each group of "
+                                                       "inputs uses seed + the group's first index")
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:
@@ -187,6 +191,11 @@ class JobConfig(SQLModel):
             raise ValueError("sequential_delta (sequential sampling) works with method np")
         if self.iss_delta is not None and self.sequential_delta is not None:
             raise ValueError("choose one of iss_delta and sequential_delta")
+        # the engine packs NP certificates only, and a sequential schedule's looks go input by input
+        if self.pack > 1 and self.method is not Method.np:
+            raise ValueError("pack (inputs certified together) works with method np")
+        if self.pack > 1 and self.sequential_delta is not None:
+            raise ValueError("pack (inputs certified together) works with a fixed n or iss_delta, not sequential_delta")
         if self.method is Method.dsrs and (self.q_sigma is None) == (self.q_threshold is None):
             raise ValueError("method dsrs needs exactly one of q_sigma and q_threshold")
         if self.noise is NoiseKind.gaussian and self.k:

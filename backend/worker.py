@@ -3,6 +3,10 @@
 A shard resumes after its stored rows, so a retried shard (its worker was killed, its lease expired)
 loses at most the input that was in flight, and the (job_id, index) unique constraint keeps a row
 from ever being stored twice. Cancel is read from the job's state between inputs.
+
+With ``pack > 1`` the shard's pending inputs go in groups of ``pack`` through ``certify_many`` and each
+group's rows are stored in one transaction: groups are stored whole and in order, so a resumed shard's
+pending inputs start at a group boundary and regroup exactly as before (the same seeds, the same rows).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from engine.data import ImageDataset
 from engine.denoise import denoised_classifier
 from engine.noise import make_noise
 from engine.schedule import SampleSchedule, make_schedule
-from engine.smooth import SmoothedClassifier
+from engine.smooth import CertifyResult, SmoothedClassifier
 
 log = structlog.get_logger("kavach.worker")
 MODEL_CACHE_SIZE = 4
@@ -128,25 +132,52 @@ def sample_schedule(c: JobConfig) -> SampleSchedule | None:
                          sequential_delta=c.sequential_delta)
 
 
-def certify_input(work: ShardWork, index: int) -> None:
-    """Certify one input and store its row at once; stop if the job was cancelled meanwhile."""
-    c = work.config
+def stop_if_finished(work: ShardWork) -> None:
+    """Raise ShardStopped once the job was cancelled (or finished elsewhere)."""
     with Session(get_engine()) as session:
         if session.get(Job, work.shard.job_id).state.finished:
             raise ShardStopped
+
+
+def result_row(work: ShardWork, index: int, result: CertifyResult) -> ResultRow:
+    return ResultRow(job_id=work.shard.job_id, shard_id=work.shard.id, index=index, label=int(work.data.y[index]),
+                     prediction=result.prediction, radius=result.radius, p_lower=result.p_lower,
+                     p_upper=result.p_upper, q_lower=result.q_lower, q_upper=result.q_upper, samples=result.samples,
+                     seconds=result.seconds)
+
+
+def store_rows(rows: list[ResultRow]) -> None:
+    """Store the rows in one transaction; rows another attempt of this shard stored first are skipped."""
+    with Session(get_engine()) as session:
+        session.add_all(rows)
+        try:
+            session.commit()
+            return
+        except IntegrityError:  # another attempt of this shard stored (some of) them first
+            session.rollback()
+    if len(rows) > 1:  # keep the ones it did not store; fresh copies, as the failed flush may have set ids
+        for row in rows:
+            store_rows([ResultRow(**row.model_dump(exclude={"id"}))])
+
+
+def certify_input(work: ShardWork, index: int) -> None:
+    """Certify one input and store its row at once; stop if the job was cancelled meanwhile."""
+    c = work.config
+    stop_if_finished(work)
     result = work.smoothed.certify(work.data.x[index], c.n0, c.n, c.alpha, c.batch_size, method=c.method.value,
                                    schedule=work.schedule, q_sigma=c.q_sigma, q_threshold=c.q_threshold,
                                    seed=None if c.seed is None else c.seed + index)
-    row = ResultRow(job_id=work.shard.job_id, shard_id=work.shard.id, index=index, label=int(work.data.y[index]),
-                    prediction=result.prediction, radius=result.radius, p_lower=result.p_lower,
-                    p_upper=result.p_upper, q_lower=result.q_lower, q_upper=result.q_upper, samples=result.samples,
-                    seconds=result.seconds)
-    with Session(get_engine()) as session:
-        session.add(row)
-        try:
-            session.commit()
-        except IntegrityError:  # another attempt of this shard stored it first
-            session.rollback()
+    store_rows([result_row(work, index, result)])
+
+
+def certify_group(work: ShardWork, group: list[int]) -> None:
+    """Certify a group of inputs together (their noisy copies share batches), as ``kavach certify --pack``
+    does: one seed for the group, seed + its first index; store the group's rows in one transaction."""
+    c = work.config
+    stop_if_finished(work)
+    results = work.smoothed.certify_many(work.data.x[group], c.n0, c.n, c.alpha, c.batch_size,
+                                         schedule=work.schedule, seed=None if c.seed is None else c.seed + group[0])
+    store_rows([result_row(work, index, result) for index, result in zip(group, results, strict=True)])
 
 
 def finish_shard(shard_id: int, state: ShardState, error: str | None = None) -> None:
@@ -188,9 +219,15 @@ async def certify_shard(ctx: dict[str, Any], task: dict[str, int]) -> dict[str, 
         work = await asyncio.to_thread(begin_shard, ctx["resources"], shard_task)
         log.info("shard started", job=shard_task.job_id, shard=shard_task.shard_id, todo=len(work.todo),
                  attempt=ctx["job_try"])
-        for index in work.todo:
-            await asyncio.to_thread(certify_input, work, index)
-            done += 1
+        if work.config.pack == 1:
+            for index in work.todo:
+                await asyncio.to_thread(certify_input, work, index)
+                done += 1
+        else:
+            pack = work.config.pack
+            for group in (work.todo[g:g + pack] for g in range(0, len(work.todo), pack)):
+                await asyncio.to_thread(certify_group, work, group)
+                done += len(group)
         await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.done)
     except ShardStopped:
         log.info("shard stopped", job=shard_task.job_id, shard=shard_task.shard_id, certified=done)

@@ -382,8 +382,10 @@ def denoised_pair(tmp_path_factory) -> tuple[Path, Path]:
             save_checkpoint(folder / "drunet.pt", denoiser, "drunet_small", DRUNET_KWARGS, {"sigmas": [0.25]}))
 
 
-def engine_rows(net: torch.nn.Module, count: int, schedule=None, **config) -> list[tuple]:
-    """The engine alone on digits 0..count-1 at FAST_CONFIG updated by ``config``, seed + index."""
+def engine_rows(net: torch.nn.Module, count: int, schedule=None, groups: list[list[int]] | None = None,
+                **config) -> list[tuple]:
+    """The engine alone on digits 0..count-1 at FAST_CONFIG updated by ``config``, seed + index; with
+    ``groups``, certify_many on each group (of those inputs, in order) with seed + the group's first index."""
     from engine.noise import Gaussian
     from engine.smooth import SmoothedClassifier
 
@@ -393,8 +395,12 @@ def engine_rows(net: torch.nn.Module, count: int, schedule=None, **config) -> li
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker (OMP_NUM_THREADS=1): the same kernels, the same floats
     try:
-        results = [smoothed.certify(x[i], c["n0"], c["n"], c["alpha"], c["batch_size"], seed=c["seed"] + i,
-                                    schedule=schedule) for i in range(count)]
+        if groups is None:
+            results = [smoothed.certify(x[i], c["n0"], c["n"], c["alpha"], c["batch_size"], seed=c["seed"] + i,
+                                        schedule=schedule) for i in range(count)]
+        else:
+            results = [r for g in groups for r in smoothed.certify_many(
+                x[g], c["n0"], c["n"], c["alpha"], c["batch_size"], schedule=schedule, seed=c["seed"] + g[0])]
     finally:
         torch.set_num_threads(threads)
     return [(r.prediction, r.radius, r.p_lower, r.p_upper, r.samples) for r in results]
@@ -464,3 +470,42 @@ def test_a_job_s_denoiser_must_be_a_denoiser_for_the_model_s_inputs(service, mod
         for extra in ({"num_classes": 10}, {"input_max": 255.0}):
             response = upload_model(client, denoiser_path, {**denoiser_meta, **extra})
             assert response.status_code == 422 and next(iter(extra)) in response.json()["detail"][0]["msg"]
+
+
+PACKED = {"n": 500, "batch_size": 4096, "seed": 7, "pack": 3}
+
+
+def test_a_packed_job_certifies_each_shard_s_inputs_in_groups_as_certify_many_does(service, model_id,
+                                                                                  scripted_model):
+    from tests.backend.conftest import SHARD_SIZE
+
+    with service.client() as client:
+        created = start_job(client, model_id, subset={"count": 12}, **PACKED)
+        assert created.status_code == 201, created.text
+        job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("done", "failed"))
+        assert job["state"] == "done" and job["config"]["pack"] == 3, job
+        rows = all_rows(client, job["id"])
+    assert [r["index"] for r in rows] == list(range(12))
+    assert job["progress"]["done"] == 12 and job["progress"]["samples"] == 12 * (FAST_CONFIG["n0"] + 500)
+    # each shard's inputs in groups of 3 (shards of 4: [0, 1, 2], [3], [4, 5, 6], [7], ...)
+    shards = [list(range(s, min(s + SHARD_SIZE, 12))) for s in range(0, 12, SHARD_SIZE)]
+    groups = [shard[g:g + 3] for shard in shards for g in range(0, len(shard), 3)]
+    net = torch.jit.load(str(scripted_model))
+    expected = engine_rows(net, 12, groups=groups, **PACKED)
+    # the check tells groupings apart: groups of 3 across the shard boundaries give other counts
+    assert engine_rows(net, 12, groups=[list(range(g, g + 3)) for g in range(0, 12, 3)], **PACKED) != expected
+    assert result_tuples(rows) == expected
+
+
+def test_pack_needs_method_np_without_the_sequential_schedule(service, model_id):
+    with service.client() as client:
+        for config, problem in (({"pack": 2, "method": "dsrs", "q_sigma": 0.2}, "works with method np"),
+                                ({"pack": 2, "sequential_delta": 0.1}, "not sequential_delta"),
+                                ({"pack": 0}, "greater than or equal to 1"),
+                                ({"pack": 1025}, "less than or equal to 1024")):
+            response = start_job(client, model_id, **config)
+            assert response.status_code == 422, (config, response.text)
+            assert problem in response.json()["detail"][0]["msg"], response.text
+        # pack 1 is the default, so these settings stay as they were
+        assert start_job(client, model_id, subset={"count": 1}, pack=1, method="dsrs", q_sigma=0.2).status_code == 201
+        assert start_job(client, model_id, subset={"count": 1}, pack=4, iss_delta=0.05).status_code == 201
