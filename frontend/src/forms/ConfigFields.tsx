@@ -49,6 +49,8 @@ export function ConfigFields({ values, errors, onChange }: {
         {text('n', 'N', 'estimation samples (ISS, sequential: the maximum)', 'numeric')}
         {text('n0', 'n0', 'selection samples', 'numeric')}
         {text('batch_size', 'Batch size', undefined, 'numeric')}
+        {values.method === 'np' && text('pack', 'Pack', 'inputs certified together, sharing batches; empty: 1',
+          'numeric')}
         {values.method === 'np' && text('iss_delta', 'ISS budget', 'empty: fixed N')}
         {values.method === 'np' && text('sequential_delta', 'Sequential delta',
           'stop once more samples add less radius; empty: fixed N')}

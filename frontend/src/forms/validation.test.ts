@@ -69,6 +69,19 @@ describe('validateConfig', () => {
     expect(validateConfig({ ...defaultConfigValues, iss_delta: '0.05', sequential_delta: '0.1' }).sequential_delta)
       .toMatch(/one of/);
   });
+  it('checks pack as the API does: a whole number from 1 to 1024, not with a sequential delta', () => {
+    expect(validateConfig({ ...defaultConfigValues, pack: '1024', iss_delta: '0.05' })).toEqual({});
+    for (const pack of ['0', '1025', '2.5', 'x']) expect(validateConfig({ ...defaultConfigValues, pack }).pack).toMatch(/1 to 1024/);
+    expect(validateConfig({ ...defaultConfigValues, pack: '8', sequential_delta: '0.1' }).pack).toMatch(/not a sequential delta/);
+    expect(validateConfig({ ...defaultConfigValues, pack: '1', sequential_delta: '0.1' })).toEqual({});
+  });
+  it('sends pack for method np only, 1 when empty', () => {
+    expect(jobCreate(1, { ...defaultConfigValues, pack: '16' }).config?.pack).toBe(16);
+    expect(jobCreate(1, defaultConfigValues).config?.pack).toBe(1);
+    const dsrs = { ...defaultConfigValues, method: 'dsrs' as const, q_sigma: '0.2', pack: '16' };
+    expect(validateConfig(dsrs)).toEqual({});
+    expect(jobCreate(1, dsrs).config?.pack).toBe(1);
+  });
   it('sends sample-size schedules for method np only', () => {
     const dsrs = { ...defaultConfigValues, method: 'dsrs' as const, q_sigma: '0.2', iss_delta: '-1', sequential_delta: '0.1' };
     expect(validateConfig(dsrs)).toEqual({});

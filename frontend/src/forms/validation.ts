@@ -29,6 +29,7 @@ export interface ConfigValues {
   n: string;
   n0: string;
   batch_size: string;
+  pack: string; // '' = 1, one input at a time
   iss_delta: string; // '' = fixed n
   sequential_delta: string; // '' = fixed n
   denoiser_id: string; // '' = none
@@ -40,7 +41,7 @@ export const defaultModelValues: ModelValues = {
 
 export const defaultConfigValues: ConfigValues = {
   dataset: 'digits', count: '20', method: 'np', noise: 'gaussian', k: '0', q_sigma: '', sigma: '0.25',
-  alpha: '0.001', n: '10000', n0: '100', batch_size: '1000', iss_delta: '', sequential_delta: '',
+  alpha: '0.001', n: '10000', n0: '100', batch_size: '1000', pack: '', iss_delta: '', sequential_delta: '',
   denoiser_id: '',
 };
 
@@ -50,6 +51,8 @@ const isNum = (s: string) => s.trim() !== '' && Number.isFinite(Number(s));
 function positiveInt(errors: Errors, field: string, value: string, label: string, min = 1) {
   if (!isInt(value) || Number(value) < min) errors[field] = `${label} must be a whole number ≥ ${min}`;
 }
+
+const MAX_PACK = 1024; // the API's limit on inputs certified together
 
 export function parseShape(text: string): number[] | null {
   const parts = text.split(/[,x×\s]+/).filter(Boolean);
@@ -93,6 +96,11 @@ export function validateConfig(v: ConfigValues): Errors {
     errors.sequential_delta = 'sequential delta must be a number > 0 (empty: fixed N)';
   else if (v.sequential_delta.trim() !== '' && v.iss_delta.trim() !== '')
     errors.sequential_delta = 'choose one of ISS budget and sequential delta';
+  if (v.pack.trim() === '') return errors;
+  if (!isInt(v.pack) || Number(v.pack) < 1 || Number(v.pack) > MAX_PACK)
+    errors.pack = `pack must be a whole number from 1 to ${MAX_PACK} (empty: 1)`;
+  else if (Number(v.pack) > 1 && v.sequential_delta.trim() !== '') // the sequential looks go input by input
+    errors.pack = 'pack works with a fixed N or an ISS budget, not a sequential delta';
   return errors;
 }
 
@@ -126,6 +134,7 @@ export function jobConfig(v: ConfigValues): JobConfig {
     n: Number(v.n),
     n0: Number(v.n0),
     batch_size: Number(v.batch_size),
+    pack: v.method === 'np' && v.pack.trim() ? Number(v.pack) : 1, // the API packs NP only
     iss_delta: optionalNp(v, v.iss_delta),
     sequential_delta: optionalNp(v, v.sequential_delta),
     q_sigma: v.method === 'dsrs' ? Number(v.q_sigma) : null,

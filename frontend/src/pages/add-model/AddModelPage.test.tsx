@@ -45,6 +45,18 @@ describe('AddModelPage', () => {
     for (const label of ['ISS budget', 'Sequential delta']) expect(screen.queryByLabelText(label)).toBeNull();
   });
 
+  it('offers pack for method np only and checks it before sending', async () => {
+    const fetchMock = vi.fn(async () => json(200, { data: [], count: 0 }));
+    renderPage(fetchMock);
+    const user = userEvent.setup();
+    await user.type(screen.getByLabelText('Pack'), '2000');
+    await user.click(screen.getByRole('button', { name: 'Add and certify' }));
+    expect(await screen.findByText('pack must be a whole number from 1 to 1024 (empty: 1)'))
+      .toHaveAttribute('data-field', 'pack');
+    await user.selectOptions(screen.getByLabelText('Method'), 'dsrs');
+    expect(screen.queryByLabelText('Pack')).toBeNull();
+  });
+
   it('registers a denoiser without classes, input scaling or a certification', async () => {
     const fetchMock = vi.fn(async (req: Request) =>
       req.method === 'POST' ? json(201, { id: 3 }) : json(200, { data: [], count: 0 }));
