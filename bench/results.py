@@ -136,7 +136,7 @@ def plot(rows: list[Row], path: Path) -> None:
         for row in (r for r in rows if r.sigma == sigma):
             radii = np.array([r["radius"] for r in row.records])
             correct = np.array([r["prediction"] == r["label"] for r in row.records])
-            ax.plot(grid, certified_accuracy_curve(radii, correct, grid), label=f"{row.base}, {row.method.upper()}",
+            ax.plot(grid, certified_accuracy_curve(radii, correct, grid), label=f"{row.base.split(' (')[0]}, {row.method.upper()}",
                     linestyle="-" if row.method == "np" else "--")
         ax.set(title=f"sigma = {sigma:g}", xlabel="L2 radius", ylim=(0, 1))
         ax.grid(alpha=0.3)
