@@ -81,6 +81,8 @@ def run_both(model, xs, ys, cfg, device) -> dict[str, tuple[float, int, dict]]:
     engines = {
         "ours": SmoothedClassifier(copy.deepcopy(model), 10, Gaussian(SIGMA), channels_last=True),
         "ours_nchw": SmoothedClassifier(model, 10, Gaussian(SIGMA)),
+        "ours_bf16": SmoothedClassifier(copy.deepcopy(model), 10, Gaussian(SIGMA), channels_last=True,
+                                        dtype=torch.bfloat16),
     }
 
     def engine(name: str) -> Callable[[int, torch.Tensor], tuple[int, float, int]]:
@@ -99,21 +101,23 @@ def run_both(model, xs, ys, cfg, device) -> dict[str, tuple[float, int, dict]]:
 
     def forward_only(net: torch.nn.Module, layout: torch.memory_format) -> Callable[[int, torch.Tensor], tuple]:
         def run(i: int, x: torch.Tensor) -> tuple[int, float, int]:
-            if (i, layout) not in noisy:
+            if (i, layout, id(net)) not in noisy:
                 gen = torch.Generator(device=x.device).manual_seed(i)
                 batch = x + SIGMA * torch.randn((cfg["batch_size"], *x.shape), device=x.device, generator=gen)
-                noisy[i, layout] = batch.contiguous(memory_format=layout)
+                noisy[i, layout, id(net)] = batch.contiguous(memory_format=layout).to(next(net.parameters()).dtype)
             steps = -(-(cfg["n0"] + cfg["n"]) // cfg["batch_size"])
             with torch.inference_mode():
                 for _ in range(steps):
-                    net(noisy[i, layout]).argmax(1)
+                    net(noisy[i, layout, id(net)]).argmax(1)
             return -1, 0.0, steps * cfg["batch_size"]
 
         return run
 
-    runners = {"ours": engine("ours"), "ours_nchw": engine("ours_nchw"), "cohen": cohen,
+    runners = {"ours": engine("ours"), "ours_nchw": engine("ours_nchw"), "ours_bf16": engine("ours_bf16"),
+               "cohen": cohen,
                "forward_only": forward_only(model, torch.contiguous_format),
-               "forward_only_channels_last": forward_only(engines["ours"].model, torch.channels_last)}
+               "forward_only_channels_last": forward_only(engines["ours"].model, torch.channels_last),
+               "forward_only_bf16": forward_only(engines["ours_bf16"].model, torch.channels_last)}
     seconds = dict.fromkeys(runners, 0.0)
     samples = dict.fromkeys(runners, 0)
     radii: dict[str, list[float]] = {name: [] for name in runners}
@@ -222,6 +226,8 @@ def main() -> dict:
     nchw_s, nchw_samples, nchw_stats = timings["ours_nchw"]
     ceiling = timings["forward_only"][1] / timings["forward_only"][0]
     ceiling_cl = timings["forward_only_channels_last"][1] / timings["forward_only_channels_last"][0]
+    ceiling_bf16 = timings["forward_only_bf16"][1] / timings["forward_only_bf16"][0]
+    bf16_s, bf16_samples, bf16_stats = timings["ours_bf16"]
     radius_times = time_dsrs_radius(cfg["radius_calls"])
     packing = time_packing(model, data.x[: cfg["pack_inputs"]].to(device), cfg, device)
     schedules = compare_schedules(cfg, device)
@@ -238,7 +244,12 @@ def main() -> dict:
         "forward_only_samples_per_s": ceiling,
         "forward_only_channels_last_samples_per_s": ceiling_cl,
         "sampling_efficiency": (ours_samples / ours_s) / ceiling_cl,
-        "precision": "float32 (bf16 is a GPU option; CPU runs fp32)",
+        "precision": "float32 (ours, ours_nchw, cohen); bfloat16 (ours_bf16)",
+        "ours_bf16_s": bf16_s, "ours_bf16_samples_per_s": bf16_samples / bf16_s,
+        "speedup_vs_cohen_bf16": (bf16_samples / bf16_s) / (cohen_samples / cohen_s),
+        "forward_only_bf16_samples_per_s": ceiling_bf16,
+        "sampling_efficiency_bf16": (bf16_samples / bf16_s) / ceiling_bf16,
+        "ours_bf16": bf16_stats,
         "ours_layout": "channels_last (NHWC); Cohen's loop and ours_nchw run the NCHW model",
         "ours_nchw_samples_per_s": nchw_samples / nchw_s, "ours_nchw_s": nchw_s,
         "ours": ours_stats, "ours_nchw": nchw_stats, "cohen": cohen_stats,
@@ -275,8 +286,14 @@ def performance_markdown(r: dict) -> str:
         (f"| certify vs the forward pass alone (>= 0.90) | {r['model']} | {r['n']:,} | "
         f"{r['ours_samples_per_s']:,.0f} samples/s | {r['forward_only_channels_last_samples_per_s']:,.0f} samples/s | "
         f"{r['sampling_efficiency']:.2f} |"),
-        (f"| against Cohen's loop (>= 2x on CPU) | {r['model']} | {r['n']:,} | {r['ours_s']:.2f} s | {r['cohen_s']:.2f} s | "
-        f"{r['speedup_vs_cohen']:.2f}x |"),
+        (f"| against Cohen's loop (>= 2x on CPU), fp32 | {r['model']} | {r['n']:,} | {r['ours_s']:.2f} s | "
+         f"{r['cohen_s']:.2f} s | {r['speedup_vs_cohen']:.2f}x |"),
+        (f"| against Cohen's fp32 loop, ours in bf16 | same | {r['n']:,} | {r['ours_bf16_s']:.2f} s "
+         f"(ACR {r['ours_bf16']['acr']:.4f} vs {r['cohen']['acr']:.4f}) | {r['cohen_s']:.2f} s | "
+         f"{r['speedup_vs_cohen_bf16']:.2f}x |"),
+        (f"| bf16 certify vs the bf16 forward pass alone | same | {r['n']:,} | "
+         f"{r['ours_bf16_samples_per_s']:,.0f} samples/s | {r['forward_only_bf16_samples_per_s']:,.0f} samples/s | "
+         f"{r['sampling_efficiency_bf16']:.2f} |"),
         (f"| packing {p['inputs']} small inputs (>= 5x) | same | {p['n']:,} | {p['packed_s']:.2f} s | "
         f"{p['one_at_a_time_s']:.2f} s one at a time | {p['speedup']:.2f}x |"),
     ]
@@ -299,6 +316,8 @@ def print_report(r: dict) -> None:
           f"best of {r['repeats']} interleaved runs")
     print(f"ours : {r['ours_samples_per_s']:>12,.0f} samples/s  ({r['ours_s']:.2f} s)")
     print(f"ours, NCHW: {r['ours_nchw_samples_per_s']:>7,.0f} samples/s  ({r['ours_nchw_s']:.2f} s)")
+    print(f"ours, bf16: {r['ours_bf16_samples_per_s']:>7,.0f} samples/s  ({r['ours_bf16_s']:.2f} s), "
+          f"{r['speedup_vs_cohen_bf16']:.2f}x Cohen's fp32 loop")
     print(f"cohen: {r['cohen_samples_per_s']:>12,.0f} samples/s  ({r['cohen_s']:.2f} s)")
     print(f"NCHW forward pass alone: {r['forward_only_samples_per_s']:,.0f} samples/s (Cohen's ceiling)")
     print(f"speedup vs Cohen's loop: {r['speedup_vs_cohen']:.2f}x; certify at "
@@ -314,7 +333,7 @@ def print_report(r: dict) -> None:
             print(f"{name:<10} mean samples {s[name]['mean_samples']:>9,.0f}  ACR {s[name]['acr']:.4f}{extra}")
     header = "radius    " + " ".join(f"{g:>6}" for g in GRID) + "     ACR"
     print(header)
-    for name in ("ours", "ours_nchw", "cohen"):
+    for name in ("ours", "ours_nchw", "ours_bf16", "cohen"):
         curve = r[name]["certified_accuracy"]
         print(f"{name:<9} " + " ".join(f"{curve[str(g)]:>6.3f}" for g in GRID) + f"  {r[name]['acr']:.4f}")
     for name, t in r["dsrs_radius_ms"].items():

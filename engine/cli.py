@@ -26,6 +26,7 @@ from engine.models import UnsafeModelError, list_models, load_model
 from engine.noise import make_noise
 from engine.options import ISSMode, Method, NoiseKind
 from engine.progress import progress_bar
+from engine.sampling import model_dtype
 from engine.schedule import SequentialSchedule, make_schedule
 from engine.smooth import SmoothedClassifier
 from engine.train.cli import train_app
@@ -129,6 +130,8 @@ def certify(
     seed: Annotated[int | None, typer.Option(help="seed; input i uses seed + i")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
     channels_last: Annotated[bool, typer.Option(help="run convolutions in NHWC layout (faster on CPU and GPU)")] = True,
+    bf16: Annotated[bool, typer.Option(help="run the model in bfloat16 (GPUs, CPUs with AVX512-BF16/AMX); the "
+                                            "certificate is for the bf16 model")] = False,
     denoiser: Annotated[Path | None, typer.Option(help="denoiser checkpoint put in front of the model (told --sigma)")]
     = None,
 ) -> None:
@@ -155,7 +158,12 @@ def certify(
             classes = int(net(data.x[:1].to(device)).shape[-1])
     except (RuntimeError, ValueError) as error:
         raise fail(f"the model cannot read {dataset} inputs of shape {tuple(data.x.shape[1:])}: {error}") from None
-    smoothed = SmoothedClassifier(net, classes, smoothing, channels_last=channels_last and is_eager(net))
+    if bf16 and not is_eager(net):
+        raise fail("--bf16 converts PyTorch modules; a TorchScript archive fixes its precision")
+    smoothed = SmoothedClassifier(net, classes, smoothing, channels_last=channels_last and is_eager(net),
+                                  dtype=torch.bfloat16 if bf16 else None)
+    if bf16 and model_dtype(net) != torch.bfloat16:
+        raise fail("--bf16 needs a model with floating-point weights to convert (this format fixes its precision)")
     schedule = None
     if iss_delta is not None or sequential_delta is not None:
         if method is not Method.np:
@@ -194,7 +202,7 @@ def certify(
             sink.flush()
             certified = sum(r["correct"] for r in rows)
             progress.update(task, advance=len(group), status=f"correct {certified}/{len(rows)}")
-    console.print(f"wrote {len(rows)} certificates to {out}")
+    console.print(f"wrote {len(rows)} certificates to {out} (model in {str(model_dtype(net)).removeprefix('torch.')})")
     if rows:
         print_summary(rows, time.perf_counter() - start)
 

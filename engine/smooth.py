@@ -66,9 +66,15 @@ def top_two(counts: torch.Tensor) -> tuple[int, int, int]:
 class SmoothedClassifier:
     """Randomized smoothing of ``model`` (a batch in the [0, 1] input scale -> logits) under ``noise``."""
 
-    def __init__(self, model: Classifier, num_classes: int, noise: Noise, *, channels_last: bool = False) -> None:
+    def __init__(self, model: Classifier, num_classes: int, noise: Noise, *, channels_last: bool = False,
+                 dtype: torch.dtype | None = None) -> None:
         """``channels_last=True`` converts ``model`` in place to NHWC weights and feeds it NHWC batches:
-        faster convolutions on CPU (oneDNN) and GPU (cuDNN), the same function up to rounding."""
+        faster convolutions on CPU (oneDNN) and GPU (cuDNN), the same function up to rounding.
+
+        ``dtype=torch.bfloat16`` converts the model in place; noise is still drawn and added in float32
+        and the noisy batch rounded once to bf16. The certificate is then exactly that of the bf16 base
+        classifier, the function that was sampled, so it stays sound; its radii can differ from fp32's.
+        """
         if noise.threshold is not None:
             raise ValueError("the smoothing distribution P must not be truncated; truncation is DSRS's Q")
         self.model = model
@@ -77,6 +83,8 @@ class SmoothedClassifier:
         self.channels_last = channels_last
         if isinstance(model, torch.nn.Module):
             model.eval()
+            if dtype is not None:
+                model.to(dtype)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
 

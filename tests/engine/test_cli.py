@@ -194,3 +194,25 @@ def test_packed_certification_writes_the_same_rows_in_order(tmp_path, exported_m
     assert sum(r["correct"] for r in rows) >= 8
     result = runner.invoke(app, [*common, "--pack", "4", "--method", "dsrs", "--q-sigma", "0.2", "--out", str(out)])
     assert result.exit_code == 2 and "--pack works with --method np" in result.output
+
+
+def test_bf16_certifies_the_bf16_model_and_says_so(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.manual_seed(0)
+    torch.save(create_model("digits_cnn").state_dict(), weights)
+    out = tmp_path / "bf16.jsonl"
+    args = ["certify", str(weights), "--arch", "digits_cnn", "--sigma", "0.25", "--n0", "20", "--n", "500",
+            "--batch-size", "250", "--count", "3", "--seed", "0", "--bf16", "--device", "cpu", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "model in bfloat16" in " ".join(result.output.split()) and len(read_rows(out)) == 3
+    from engine.models import load_model
+    from engine.noise import Gaussian
+    from engine.smooth import SmoothedClassifier
+
+    reference = SmoothedClassifier(load_model(weights, arch="digits_cnn"), 10, Gaussian(0.25), channels_last=True,
+                                   dtype=torch.bfloat16)
+    x = load_dataset("digits").x
+    for row in read_rows(out):
+        expected = reference.certify(x[row["index"]], 20, 500, 0.001, 250, seed=row["index"])
+        assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
