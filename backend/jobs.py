@@ -92,6 +92,11 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, shard_size:
         if list(denoiser.input_shape) != list(model.input_shape):
             raise Invalid(f"denoiser {denoiser.id} ({denoiser.name}) reads images of shape {denoiser.input_shape}, "
                           f"model {model.id} reads {model.input_shape}")
+    if job_in.config.bf16:
+        for used in (model, denoiser if job_in.config.denoiser_id is not None else None):
+            if used is not None and used.format is not None and used.format.value not in CONVERTIBLE_FORMATS:
+                raise Invalid(f"bf16 converts weights files ({', '.join(CONVERTIBLE_FORMATS)}); model {used.id} "
+                              f"({used.name}) is {used.format.value}, whose precision is fixed in the file")
     found = find_dataset(session=session, ref=job_in.dataset, owner=owner)
     if found is None:
         raise NotFound(f"dataset {job_in.dataset!r} not found")
@@ -172,6 +177,8 @@ def job_rows(*, session: Session, job: Job, offset: int = 0, limit: int | None =
 
 
 SUMMARY_RADIUS_STEP = 0.01
+# formats whose weights the worker rebuilds as PyTorch modules, and so can convert to bfloat16
+CONVERTIBLE_FORMATS = ("state_dict", "safetensors")
 
 
 def count_rows(*, session: Session, job: Job) -> int:

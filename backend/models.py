@@ -180,6 +180,8 @@ class JobConfig(SQLModel):
     q_sigma: float | None = Field(default=None, gt=0, description="DSRS: Q is the same noise at this sigma")
     q_threshold: float | Literal["auto"] | None = Field(default=None, description="DSRS: truncated P as Q")
     denoiser_id: int | None = None
+    bf16: bool = Field(default=False, description="run the model (and denoiser) in bfloat16: faster on GPUs and "
+                                                  "AVX512-BF16 CPUs; the certificate is for the bf16 model")
     seed: int | None = Field(default=None, description="input i uses seed + i; with pack > 1, each group of "
                                                        "inputs uses seed + the group's first index")
 

@@ -81,11 +81,14 @@ class Resources:
 
     def base_classifier(self, session: Session, job: Job, config: JobConfig) -> torch.nn.Module:
         """The job's model, or classifier(denoiser(x)) with the denoiser's noise level fixed to the job's sigma."""
-        net = self.model(session.get(Model, job.model_id))
+        # a bf16 job converts its copies in place, so they are cached apart from the fp32 ones
+        precision = "bf16" if config.bf16 else "fp32"
+        net = self.model(session.get(Model, job.model_id), key=(job.model_id, precision))
         if config.denoiser_id is None:
             return net
         # one copy per sigma: shards of jobs with other sigmas may share this process
-        denoiser = self.model(session.get(Model, config.denoiser_id), key=(config.denoiser_id, config.sigma))
+        denoiser = self.model(session.get(Model, config.denoiser_id),
+                              key=(config.denoiser_id, config.sigma, precision))
         return denoised_classifier(net, denoiser, config.sigma)
 
     def dataset(self, session: Session, job: Job) -> ImageDataset:
@@ -121,7 +124,8 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
     d = data.x[0].numel()
     noise = make_noise(config.noise.value, config.sigma, k=config.k, d=d if config.k else None)
     eager = not isinstance(net, torch.jit.ScriptModule) and resources.device != "cpu"
-    smoothed = SmoothedClassifier(net, classes, noise, channels_last=eager)
+    smoothed = SmoothedClassifier(net, classes, noise, channels_last=eager,
+                                  dtype=torch.bfloat16 if config.bf16 else None)
     return ShardWork(shard, config, smoothed, data, sample_schedule(config),
                      [i for i in shard.indices if i not in stored])
 

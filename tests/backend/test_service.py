@@ -509,3 +509,25 @@ def test_pack_needs_method_np_without_the_sequential_schedule(service, model_id)
         # pack 1 is the default, so these settings stay as they were
         assert start_job(client, model_id, subset={"count": 1}, pack=1, method="dsrs", q_sigma=0.2).status_code == 201
         assert start_job(client, model_id, subset={"count": 1}, pack=4, iss_delta=0.05).status_code == 201
+
+
+def test_a_bf16_job_certifies_the_bf16_model_and_is_refused_for_fixed_precision_files(service, model_id,
+                                                                                      denoised_pair):
+    from engine.models import load_model
+
+    classifier_path, _ = denoised_pair
+    with service.client() as client:
+        response = start_job(client, model_id, bf16=True)
+        assert response.status_code == 422 and "is torchscript, whose precision is fixed" in response.json()["detail"]
+        classifier = upload_model(client, classifier_path, {"name": "digits-cnn-bf16", "arch": "digits_cnn",
+                                                            "input_shape": [1, 8, 8], "num_classes": 10})
+        assert classifier.status_code == 201, classifier.text
+        jobs = {}
+        for bf16 in (True, False):  # the fp32 job after the bf16 one: cached copies must not leak precision
+            created = start_job(client, classifier.json()["id"], bf16=bf16)
+            assert created.status_code == 201, created.text
+            job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("done", "failed"))
+            assert job["state"] == "done" and job["config"]["bf16"] is bf16, job
+            jobs[bf16] = result_tuples(all_rows(client, job["id"]))
+    assert jobs[False] == engine_rows(load_model(classifier_path), 6)
+    assert jobs[True] == engine_rows(load_model(classifier_path).to(torch.bfloat16), 6)

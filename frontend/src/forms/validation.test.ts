@@ -92,6 +92,10 @@ describe('validateConfig', () => {
     expect(body).toMatchObject({ model_id: 5, dataset: 'digits', subset: { count: 20 } });
     expect(body.config).toMatchObject({ method: 'np', noise: 'gaussian', k: 0, sigma: 0.25, q_sigma: null, denoiser_id: null });
   });
+  it('asks for bfloat16 only when chosen', () => {
+    expect(jobCreate(1, defaultConfigValues).config?.bf16).toBe(false);
+    expect(jobCreate(1, { ...defaultConfigValues, precision: 'bf16' }).config?.bf16).toBe(true);
+  });
 });
 
 describe('fieldErrorsFrom422', () => {
