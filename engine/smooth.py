@@ -63,6 +63,13 @@ def top_two(counts: torch.Tensor) -> tuple[int, int, int]:
     return int(classes[0]), int(values[0]), second
 
 
+def scheduled_n(schedule: SampleSchedule, pilot_votes: int, n0: int, alpha: float) -> int:
+    """ISS (Chen et al. 2022): the fresh sample size from the pilot's interval for pA. The pilot only
+    chooses how many fresh samples to draw, so the certificate stays at alpha."""
+    low, high = clopper_pearson(pilot_votes, n0, alpha)
+    return int(schedule.sample_size(float(low), float(high)))
+
+
 class SmoothedClassifier:
     """Randomized smoothing of ``model`` (a batch in the [0, 1] input scale -> logits) under ``noise``."""
 
@@ -167,8 +174,7 @@ class SmoothedClassifier:
         winners = [top_two(c)[0] for c in counts0]
         sizes = [n] * len(xs)
         if schedule is not None:
-            sizes = [int(schedule.sample_size(*(float(v) for v in clopper_pearson(int(c[w]), n0, alpha))))
-                     for c, w in zip(counts0, winners, strict=True)]
+            sizes = [scheduled_n(schedule, int(c[w]), n0, alpha) for c, w in zip(counts0, winners, strict=True)]
         counts = count_votes_many(self.model, xs, self.noise, sizes, self.num_classes, batch_size, generator=gen,
                                   channels_last=self.channels_last)
         seconds = (time.perf_counter() - start) / max(len(xs), 1)
@@ -203,9 +209,7 @@ class SmoothedClassifier:
         if isinstance(schedule, SequentialSchedule):
             return self._certify_sequential(x, c_a, n0, batch_size, schedule, gen)
         if schedule is not None:
-            # the pilot only chooses how many fresh samples to draw, so the certificate stays at alpha
-            pilot_low, pilot_high = clopper_pearson(int(counts0[c_a]), n0, alpha)
-            n = int(schedule.sample_size(float(pilot_low), float(pilot_high)))
+            n = scheduled_n(schedule, int(counts0[c_a]), n0, alpha)
         n_a = int(self._votes(x, self.noise, n, batch_size, gen)[c_a])
         return self._np_result(c_a, n_a, n, alpha, x.numel(), n0 + n, "np")
 
