@@ -16,20 +16,20 @@ sound. Soundness rests on the integrals, which carry an explicit quadrature-erro
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.optimize import brentq
 
 from engine.radius.np import (
     SEARCH_MARGIN,
+    checked_bound,
     np_radius,
-    quadrature_error,
     radial_setting,
     solve_ell,
 )
 from engine.radius.radial import RadialSetting
-from engine.radius.search import largest_certified_radius
+from engine.radius.search import increasing_root, largest_certified_radius
 
 
 def dsrs_threshold_heuristic(p_lower: float) -> float:
@@ -89,9 +89,21 @@ def _newton(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float
     return ell, mu, float(np.abs(f).max())
 
 
+@dataclass
+class WarmStart:
+    """Multipliers found at the previous radius of a search: nearby radii have nearby optima, so
+    Newton started there needs a few steps instead of dozens. Only speed depends on it."""
+
+    ell0: float | None = None
+    gamma: float | None = None
+    interior: tuple[float, float] | None = None
+    upper: tuple[float, float] | None = None  # lambda2 < 0 (Q's upper bound binds)
+    negative: tuple[float, float] | None = None  # lambda1 < 0
+
+
 def dsrs_shifted_lower_bound(
     setting: RadialSetting, r: float, p_bounds: tuple[float, float], q_bounds: tuple[float, float],
-    newton_iters: int = 60,
+    newton_iters: int = 60, warm: WarmStart | None = None,
 ) -> tuple[float, float, float, float]:
     """Lower bound on min P_delta(A) over A consistent with both intervals (Li et al. 2022, Thm. 2-3).
 
@@ -100,48 +112,62 @@ def dsrs_shifted_lower_bound(
     Q-probability lies in [qL, qU] the Q fact adds nothing and the NP bound stands. Otherwise Newton
     moves the multipliers so that Q(R) meets the violated end and P(R) meets pL; when that drifts
     to lambda1 -> 0, the face lambda1 = 0 and then P's upper bound (lambda1 < 0) are tried. Every
-    candidate is a valid bound; the largest is returned.
+    candidate is a valid bound; the largest is returned. ``warm`` carries starting points between
+    the radii of one search and is updated in place.
     """
+    warm = warm if warm is not None else WarmStart()
     p_lower, p_upper = p_bounds
     q_lower, q_upper = q_bounds
     rho = r / setting.scale
-    ell0 = solve_ell(setting, rho, p_lower)
+    ell0 = warm.ell0 = solve_ell(setting, rho, p_lower, guess=warm.ell0)
     q0 = float(setting.q_mass(rho, ell0, 0.0))
     candidates = [(_dual_bound(setting, rho, ell0, 0.0, p_lower, 0.0), ell0, 0.0, 1.0)]
     if q_lower <= q0 <= q_upper:
         return candidates[0]
     if q0 > q_upper:  # lambda2 < 0: Q(R) must come down to qU
         floor = -setting.q_threshold * (1.0 - 1e-9) if setting.q_threshold is not None else -np.inf
-        ell, mu, res = _newton(setting, rho, ell0, 0.0, 1.0, p_lower, q_upper, lambda m: floor < m <= 0, newton_iters)
+        start = warm.upper or (ell0, 0.0)
+        ell, mu, res = _newton(setting, rho, *start, 1.0, p_lower, q_upper, lambda m: floor < m <= 0, newton_iters)
+        warm.upper = (ell, mu)
         candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_upper), ell, mu, 1.0))
     else:  # lambda2 > 0: Q(R) must rise to qL; which face binds is read off the lambda1 = 0 region
-        face = pure_q_bound(setting, rho, q_lower)
+        face = pure_q_bound(setting, rho, q_lower, guess=warm.gamma)
         candidates.append(face)
-        p_face = setting.pure_q_centred_mass(rho, face[1], under_p=True) if math.isfinite(face[0]) else -1.0
+        p_face = -1.0
+        if math.isfinite(face[0]):
+            warm.gamma = face[1]
+            p_face = setting.pure_q_centred_mass(rho, face[1], under_p=True)
         if p_face < p_lower:  # interior optimum: P's lower bound binds, lambda1 > 0
-            ell, mu, _ = _newton(setting, rho, ell0, 0.0, 1.0, p_lower, q_lower, lambda m: m >= 0, newton_iters)
+            start = warm.interior or (ell0, 0.0)
+            ell, mu, _ = _newton(setting, rho, *start, 1.0, p_lower, q_lower, lambda m: m >= 0, newton_iters)
+            warm.interior = (ell, mu)
             candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_lower), ell, mu, 1.0))
         elif p_face > p_upper:  # P's upper bound binds: lambda1 < 0; Newton from points near the face
-            for big in (3.0, 30.0, 1e3):
-                ell, mu, res = _newton(setting, rho, face[1] - math.log(big), big, -1.0, p_upper, q_lower,
-                                       lambda m: m > 0, newton_iters)
+            starts = [warm.negative] if warm.negative else []
+            starts += [(face[1] - math.log(big), big) for big in (3.0, 30.0, 1e3)]
+            for start in starts:
+                ell, mu, res = _newton(setting, rho, *start, -1.0, p_upper, q_lower, lambda m: m > 0, newton_iters)
                 candidates.append((_dual_bound(setting, rho, ell, mu, p_upper, q_lower, -1.0), ell, mu, -1.0))
                 if res < 1e-9:
+                    warm.negative = (ell, mu)
                     break
         # else: the face region itself meets both intervals, so its bound is the optimum
     return max((c for c in candidates if math.isfinite(c[0])), key=lambda c: c[0])
 
 
-def pure_q_bound(setting: RadialSetting, rho: float, q_lower: float) -> tuple[float, float, float, float]:
+def pure_q_bound(setting: RadialSetting, rho: float, q_lower: float,
+                 guess: float | None = None) -> tuple[float, float, float, float]:
     """The dual bound on the face lambda1 = 0: P_delta(R) - lambda2 (Q(R) - qL), R = {p_delta < lambda2 q},
-    with ln lambda2 = gamma such that Q(R) = qL (Brent). Returned as (bound, gamma, inf, 0)."""
-    def excess(gamma: float) -> float:
-        return setting.pure_q_centred_mass(rho, gamma) - q_lower
+    with ln lambda2 = gamma such that Q(R) = qL (safeguarded Newton). Returned as (bound, gamma, inf, 0)."""
+    def excess(gamma: float) -> tuple[float, float]:
+        mass, slope = setting.pure_q_centred_mass(rho, gamma, grad=True)
+        return mass - q_lower, slope
 
     lo, hi = -60.0, 60.0
-    if excess(lo) > 0 or excess(hi) < 0:
+    gamma = increasing_root(excess, 0.0 if guess is None else guess, lo, hi, rtol=1e-13,
+                            step=1.0 if guess is None else 0.25)
+    if gamma <= lo or gamma >= hi:
         return -math.inf, 0.0, math.inf, 0.0
-    gamma = brentq(excess, lo, hi, xtol=1e-13, rtol=1e-15)
     q, shifted = setting.pure_q_masses(rho, gamma)
     return shifted - math.exp(gamma) * (q - q_lower), gamma, math.inf, 0.0
 
@@ -181,24 +207,37 @@ def _dsrs_radius(p_lower: float, p_upper: float, q_lower: float, q_upper: float,
     r_np = np_radius(p_lower, sigma=sigma, noise="general_gaussian" if k else "gaussian", d=d, k=k)
     if p_lower <= 0.5:
         return 0.0
-    setting = radial_setting(d, k, sigma, q_sigma, q_threshold)
+    exact = radial_setting(d, k, sigma, q_sigma, q_threshold)
     coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48)
+    search = radial_setting(d, k, sigma, q_sigma, q_threshold, tabulated=True)
     p_lower = min(p_lower, 1.0 - 1e-15)
     bounds_p, bounds_q = (p_lower, p_upper), (q_lower, q_upper)
+    warm = WarmStart()
+    found: dict[float, tuple[float, float, float, float]] = {}
+
+    def solve(r: float) -> tuple[float, float, float, float]:
+        found[r] = dsrs_shifted_lower_bound(search, r, bounds_p, bounds_q, warm=warm)
+        return found[r]
 
     def margin(r: float) -> float:
         try:
-            return dsrs_shifted_lower_bound(setting, r, bounds_p, bounds_q)[0] - 0.5 - SEARCH_MARGIN
+            return solve(r)[0] - 0.5 - SEARCH_MARGIN
         except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             return -1.0
 
     r = largest_certified_radius(margin, r_np, max(0.05 * sigma, 0.1 * r_np), xtol=1e-6)
-    # final check with the quadrature error allowance; step down until it holds, never below NP
+    # certify on the exact rule with the quadrature error allowance, at the multipliers the search
+    # found; step down until it holds, never below NP
     for _ in range(40):
         if r <= r_np:
             return r_np
-        bound, ell, mu, s1 = dsrs_shifted_lower_bound(setting, r, bounds_p, bounds_q)
-        if bound - quadrature_error(setting, coarse, r, ell, mu, s1) >= 0.5:
-            return float(r)
+        try:
+            _, ell, mu, s1 = found[r] if r in found else solve(r)
+            b1 = p_upper if s1 < 0 else p_lower
+            b2 = q_upper if mu < 0 else q_lower
+            if checked_bound(exact, coarse, r, ell, mu, s1, b1, b2) >= 0.5:
+                return float(r)
+        except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
+            pass
         r -= max(1e-6, 1e-4 * r)
     return r_np

@@ -8,7 +8,7 @@ from functools import lru_cache
 from scipy.special import ndtri
 
 from engine.radius.radial import RadialSetting
-from engine.radius.search import largest_certified_radius
+from engine.radius.search import increasing_root, largest_certified_radius
 
 # Quadrature error allowance on the shifted probability while searching; the final radius is
 # re-checked with an explicit error estimate from a coarser rule.
@@ -17,8 +17,11 @@ SEARCH_MARGIN = 1e-9
 
 @lru_cache(maxsize=32)
 def radial_setting(d: int, k: int, sigma: float, q_sigma: float | None = None,
-                   q_threshold: float | None = None, panels: int = 96) -> RadialSetting:
-    return RadialSetting(d=d, k=k, sigma=sigma, q_sigma=q_sigma, q_threshold=q_threshold, panels=panels)
+                   q_threshold: float | None = None, panels: int = 96, tabulated: bool = False) -> RadialSetting:
+    """The setting for (d, k, sigma, Q), built once: quadrature nodes and, when ``tabulated``, the
+    cosine-law table that the radius searches run on (certificates are checked without it)."""
+    return RadialSetting(d=d, k=k, sigma=sigma, q_sigma=q_sigma, q_threshold=q_threshold, panels=panels,
+                         tabulated=tabulated)
 
 
 def gaussian_np_radius(p_lower: float, sigma: float) -> float:
@@ -27,63 +30,58 @@ def gaussian_np_radius(p_lower: float, sigma: float) -> float:
 
 
 def solve_ell(setting: RadialSetting, rho: float, target: float, mu: float = 0.0,
-              via_q: bool = False, iters: int = 60) -> float:
-    """ell = ln lambda1 with P(R(ell, mu)) = target (Q(R) with via_q): Newton inside a bisection bracket."""
-    mass = setting.q_mass if via_q else setting.p_mass
+              guess: float | None = None) -> float:
+    """ell = ln lambda1 with P(R(ell, mu)) = target: safeguarded Newton, from ``guess`` when one is known."""
 
     def f(ell: float) -> tuple[float, float]:
-        m, d_ell, _ = mass(rho, ell, mu, grad=True)
+        m, d_ell, _ = setting.p_mass(rho, ell, mu, grad=True)
         return float(m) - target, float(d_ell)
 
-    lo, hi = -1.0, 1.0
-    while f(lo)[0] > 0:
-        lo = lo * 2.0 - 1.0
-        if lo < -1e4:
-            return lo
-    while f(hi)[0] < 0:
-        hi = hi * 2.0 + 1.0
-        if hi > 1e4:
-            return hi
-    x = 0.5 * (lo + hi)
-    for _ in range(iters):
-        val, der = f(x)
-        if val > 0:
-            hi = x
-        else:
-            lo = x
-        if abs(val) < 1e-15 or hi - lo < 1e-13 * max(1.0, abs(x)):
-            break
-        step = x - val / der if der > 0 else math.nan
-        x = step if lo < step < hi else 0.5 * (lo + hi)
-    return x
+    return increasing_root(f, 0.0 if guess is None else guess, -1e4, 1e4, step=1.0 if guess is None else 0.25)
 
 
-def np_shifted_lower_bound(setting: RadialSetting, r: float, p_lower: float) -> tuple[float, float]:
+def np_shifted_lower_bound(setting: RadialSetting, r: float, p_lower: float,
+                           guess: float | None = None) -> tuple[float, float]:
     """A lower bound on min P_delta(A) over A with P(A) >= p_lower, ||delta|| = r (Li et al. 2022, Thm. 1).
 
     Weak duality: for any ell, P_delta(R) - e^ell (P(R) - p_lower) with R = {p_delta < e^ell p} is a
     valid lower bound, so an inexact ell only costs tightness. Returns (bound, ell).
     """
     rho = r / setting.scale
-    ell = solve_ell(setting, rho, p_lower)
+    ell = solve_ell(setting, rho, p_lower, guess=guess)
     bound = float(setting.shifted_mass(rho, ell)) - math.exp(ell) * (float(setting.p_mass(rho, ell)) - p_lower)
     return bound, ell
 
 
-def quadrature_error(setting: RadialSetting, coarse: RadialSetting, r: float, ell: float, mu: float = 0.0,
-                     s1: float = 1.0) -> float:
-    """Error allowance of the dual bound: differences between the fine and the coarse rule, summed with
-    the weights (1, lambda1, |lambda2|) with which each integral enters the bound."""
+def _integrals(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float) -> tuple[float, float, float]:
+    """(P_delta(R), P(R), Q(R)) for the region of the multipliers (mu = inf: the face lambda1 = 0)."""
+    if math.isinf(mu):
+        q, shifted = setting.pure_q_masses(rho, ell)
+        return shifted, 0.0, q
+    shifted = float(setting.shifted_mass(rho, ell, mu, s1))
+    p = float(setting.p_mass(rho, ell, mu, s1=s1))
+    q = float(setting.q_mass(rho, ell, mu, s1=s1)) if mu != 0.0 else 0.0
+    return shifted, p, q
+
+
+def checked_bound(setting: RadialSetting, coarse: RadialSetting, r: float, ell: float, mu: float = 0.0,
+                  s1: float = 1.0, b1: float = 0.0, b2: float = 0.0) -> float:
+    """The weak-duality bound P_delta(R) - lambda1 (P(R) - b1) - lambda2 (Q(R) - b2) on the exact rule,
+    minus its quadrature allowance: the fine-coarse differences weighted by (1, |lambda1|, |lambda2|).
+
+    lambda1 = s1 e^ell, lambda2 = mu e^ell (mu = inf: lambda1 = 0, lambda2 = e^ell). This is what
+    certifies a radius; ``setting`` and ``coarse`` must not be tabulated.
+    """
+    if setting.tabulated or coarse.tabulated:
+        raise ValueError("a certificate is checked on the exact rule, not on a table")
+    if not -700.0 < ell < 700.0 or (math.isnan(mu)) or (math.isinf(mu) and mu < 0):
+        return -math.inf
     rho = r / setting.scale
-    if math.isinf(mu):  # the lambda1 = 0 face: ell is ln lambda2
-        (q_f, s_f), (q_c, s_c) = setting.pure_q_masses(rho, ell), coarse.pure_q_masses(rho, ell)
-        return abs(s_f - s_c) + math.exp(ell) * abs(q_f - q_c)
-    err = abs(float(setting.shifted_mass(rho, ell, mu, s1)) - float(coarse.shifted_mass(rho, ell, mu, s1)))
-    err += math.exp(ell) * abs(float(setting.p_mass(rho, ell, mu, s1=s1)) - float(coarse.p_mass(rho, ell, mu, s1=s1)))
-    if mu != 0.0:
-        err += math.exp(ell) * abs(mu) * abs(float(setting.q_mass(rho, ell, mu, s1=s1))
-                                            - float(coarse.q_mass(rho, ell, mu, s1=s1)))
-    return err
+    lam1, lam2 = (0.0, math.exp(ell)) if math.isinf(mu) else (s1 * math.exp(ell), mu * math.exp(ell))
+    fine, rough = _integrals(setting, rho, ell, mu, s1), _integrals(coarse, rho, ell, mu, s1)
+    value = fine[0] - lam1 * (fine[1] - b1) - lam2 * (fine[2] - b2)
+    error = abs(fine[0] - rough[0]) + abs(lam1) * abs(fine[1] - rough[1]) + abs(lam2) * abs(fine[2] - rough[2])
+    return value - error
 
 
 def np_radius(p_lower: float, *, sigma: float, noise: str = "gaussian", d: int | None = None,
@@ -108,22 +106,28 @@ def np_radius(p_lower: float, *, sigma: float, noise: str = "gaussian", d: int |
 
 @lru_cache(maxsize=4096)
 def _general_gaussian_np_radius(p_lower: float, d: int, k: int, sigma: float) -> float:
-    setting = radial_setting(d, k, sigma)
+    exact = radial_setting(d, k, sigma)
     coarse = radial_setting(d, k, sigma, panels=48)
+    search = radial_setting(d, k, sigma, tabulated=True)
     p_lower = min(p_lower, 1.0 - 1e-15)
+    ells: dict[float, float] = {}  # multiplier found at each radius tried; the last one warm-starts the next
+
+    def solve(r: float) -> tuple[float, float]:
+        bound, ell = np_shifted_lower_bound(search, r, p_lower, guess=next(reversed(ells.values()), None))
+        ells[r] = ell
+        return bound, ell
 
     def margin(r: float) -> float:
-        return np_shifted_lower_bound(setting, r, p_lower)[0] - 0.5 - SEARCH_MARGIN
+        return solve(r)[0] - 0.5 - SEARCH_MARGIN
 
     guess = gaussian_np_radius(p_lower, sigma)
     r = largest_certified_radius(margin, 0.0, max(0.25 * guess, 1e-3), xtol=1e-7)
-    # final check with the quadrature error allowance; step down until it holds
+    # certify on the exact rule with the quadrature error allowance; step down until it holds
     for _ in range(60):
         if r <= 0:
             return 0.0
-        bound, ell = np_shifted_lower_bound(setting, r, p_lower)
-        if bound - quadrature_error(setting, coarse, r, ell) >= 0.5:
+        ell = ells[r] if r in ells else solve(r)[1]
+        if checked_bound(exact, coarse, r, ell, b1=p_lower) >= 0.5:
             return float(r)
         r -= max(1e-6, 1e-4 * r)
     return 0.0
-

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.special import betainc, betaln, expit, gammainc, roots_legendre, wrightomega
 from scipy.stats import gamma as gamma_law
+
+from engine.radius.tables import MIN_BETA, CosineCdfTable, cosine_cdf_table
 
 # Quadrature in the logit of the radial CDF: tails get nodes, the bulk gets most of them.
 _LOGIT_SPAN = 37.0  # mass outside is 2 * expit(-37) ~ 2e-16
@@ -95,6 +98,7 @@ class RadialSetting:
     q_threshold: float | None = None
     panels: int = 96
     order: int = 8
+    tabulated: bool = False  # Beta CDF from a Hermite table: for searches, never for a certificate
 
     def __post_init__(self) -> None:
         if self.k > 0 and (self.d % 2 or self.k > self.d // 2 - 1):
@@ -105,6 +109,19 @@ class RadialSetting:
             raise ValueError(f"q_sigma must be in (0, sigma), got {self.q_sigma}")
         if self.q_threshold is not None and not 0 < self.q_threshold < 1:
             raise ValueError(f"q_threshold must be in (0, 1), got {self.q_threshold}")
+
+    def cdf(self, x: np.ndarray) -> np.ndarray:
+        """CDF of the cosine level (1 + c) / 2 ~ Beta(beta, beta)."""
+        table = self._table
+        return beta_cdf(x, self.beta) if table is None else table(x)
+
+    def pdf(self, x: np.ndarray) -> np.ndarray:
+        table = self._table
+        return beta_pdf(x, self.beta) if table is None else table.pdf(x)
+
+    @cached_property
+    def _table(self) -> CosineCdfTable | None:
+        return cosine_cdf_table(self.beta) if self.tabulated and self.beta >= MIN_BETA else None
 
     @property
     def shape(self) -> float:
@@ -181,11 +198,11 @@ class RadialSetting:
         with np.errstate(invalid="ignore"):
             cstar = np.where(np.isinf(tau), -np.inf, ((t - tau) + rho**2) / (2.0 * sq * rho))
         x = 0.5 * (1.0 + cstar)
-        mass = np.sum(w * beta_cdf(x, self.beta), axis=-1)
+        mass = np.sum(w * self.cdf(x), axis=-1)
         if not grad:
             return mass
         # dc*/dPsi = -1 / (phi'(tau) 2 sqrt(t) rho); dPsi/d ell = -1, dPsi/d mu = -m / (1 + mu m)
-        dens = np.where(np.isinf(tau), 0.0, beta_pdf(x, self.beta))
+        dens = np.where(np.isinf(tau), 0.0, self.pdf(x))
         with np.errstate(invalid="ignore", divide="ignore"):
             dc_dpsi = np.where(np.isinf(tau), 0.0, -1.0 / ((1.0 + self.k / tau) * 2.0 * sq * rho))
         base = 0.5 * dens * dc_dpsi
@@ -245,7 +262,7 @@ class RadialSetting:
 
         def interval(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
             c_lo, c_hi = cos_of(lo), cos_of(hi)
-            pr = beta_cdf(0.5 * (1.0 + c_hi), self.beta) - beta_cdf(0.5 * (1.0 + c_lo), self.beta)
+            pr = self.cdf(0.5 * (1.0 + c_hi)) - self.cdf(0.5 * (1.0 + c_lo))
             return np.where(hi > lo, np.maximum(pr, 0.0), 0.0)
 
         zeros = np.zeros(np.broadcast_shapes(level.shape, ell.shape, mu.shape, rho.shape))
@@ -266,13 +283,21 @@ class RadialSetting:
             total = total + interval(lo, hi)
         return np.sum(w * total, axis=-1)
 
+    def _dpsi(self, t: np.ndarray, mu: float, s1: float = 1.0) -> np.ndarray:
+        """Psi'(t) for the smaller-sigma Q: 1 + k / t + mu b m / (s1 + mu m), with m' = -b m."""
+        b = self._log_m_affine[1]
+        m = self.m(t)
+        g = s1 + mu * m
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 1.0 + self.k / t + mu * m * b / np.where(g > 0, g, 1e-300)
+
     def _sublevel_smaller_sigma(self, level: np.ndarray, ell: float, mu: float, s1: float = 1.0,
-                                grid: int = 4000, iters: int = 80):
+                                grid: int = 4000):
         """{t : Psi(t) < level} for the smaller-sigma Q, as disjoint intervals [(lo, hi), ...].
 
         Psi need not be monotone (mu < 0 mixes an increasing and a decreasing term), so its monotone
-        pieces are found from the sign of Psi' on a dense grid, each turning point refined by
-        bisection; on each piece the sublevel set is one interval, found by bisection per level.
+        pieces are found from the sign of Psi' on a dense grid, each turning point refined by Brent;
+        on each piece the sublevel set is one interval, its end found per level by bracketed Newton.
         """
         a, b = self._log_m_affine
         t0 = 0.0
@@ -280,8 +305,8 @@ class RadialSetting:
             if mu <= 0 or a + math.log(mu) <= 0:
                 return [(np.zeros_like(level), np.zeros_like(level))]
             t1 = (a + math.log(mu)) / b
-            x = _bisect(lambda t: self.psi(t, ell, mu, s1) - level, np.zeros_like(level) + 1e-300,
-                        np.zeros_like(level) + t1, iters)
+            x = _solve_increasing(lambda t: self.psi(t, ell, mu, s1) - level, lambda t: self._dpsi(t, mu, s1),
+                                  np.zeros_like(level) + 1e-300, np.zeros_like(level) + t1)
             return [(np.zeros_like(level), x)]
         if mu < 0 and a + math.log(-mu) > 0:
             t0 = (a + math.log(-mu)) / b  # kappa <= 0 below t0: no point of R there
@@ -293,23 +318,15 @@ class RadialSetting:
         ts = np.geomspace(floor, t_top, grid)
 
         def dpsi(t):
-            m = self.m(t)
-            g = 1.0 + mu * m
-            return 1.0 + self.k / t + mu * m * b / np.where(g > 0, g, 1e-300)
+            return self._dpsi(t, mu)
 
         sign = dpsi(ts) > 0
         turns = [floor]
         for i in np.nonzero(sign[1:] != sign[:-1])[0]:
-            lo_t, hi_t = ts[i], ts[i + 1]
-            up = bool(sign[i + 1])  # dpsi rises through 0 there: a minimum
-            for _ in range(iters):
-                mid = 0.5 * (lo_t + hi_t)
-                if (dpsi(mid) > 0) == up:
-                    hi_t = mid
-                else:
-                    lo_t = mid
-            turns.append(0.5 * (lo_t + hi_t))
+            turns.append(brentq(lambda t: float(dpsi(np.asarray(t))), ts[i], ts[i + 1], xtol=1e-300, rtol=4e-16))
         turns.append(math.inf)
+        # psi >= phi - ell - ln(1 + max(mu, 0) m(left)) on [left, inf): the level is passed by phi^-1 of that
+        psi_up = lambda t: self.psi(t, ell, mu) - level  # noqa: E731
         pieces = []
         for left, right in itertools.pairwise(turns):
             probe = left * 1.5 if math.isinf(right) else 0.5 * (left + right)
@@ -317,15 +334,19 @@ class RadialSetting:
             psi_left = float(self.psi(np.asarray(left), ell, mu))
             if left == floor and t0 == 0.0:
                 psi_left = -np.inf if self.k > 0 else float(self.psi(np.asarray(0.0), ell, mu))
-            right_end = _grow_until(lambda t: self.psi(t, ell, mu) - level, np.asarray(left), np.asarray(left) * 2.0 + 1.0) \
-                if math.isinf(right) else np.full_like(level, right)
-            f = (lambda t: self.psi(t, ell, mu) - level) if increasing else (lambda t: level - self.psi(t, ell, mu))
-            x = _bisect(f, np.full_like(level, left), right_end, iters)
+            if math.isinf(right):
+                lift = math.log1p(max(mu, 0.0) * float(self.m(np.asarray(left))))
+                right_end = np.maximum(phi_inv(level + ell + lift, self.k) * (1.0 + 1e-12), left * 2.0 + 1.0)
+                right_end = _grow_until(psi_up, np.asarray(left), right_end)
+            else:
+                right_end = np.full_like(level, right)
             if increasing:
+                x = _solve_increasing(psi_up, dpsi, np.full_like(level, left), right_end)
                 inside = level > psi_left
                 start = 0.0 if left == floor and t0 == 0.0 else left
                 pieces.append((np.where(inside, start, 0.0), np.where(inside, x, 0.0)))
             else:
+                x = _solve_increasing(lambda t: -psi_up(t), lambda t: -dpsi(t), np.full_like(level, left), right_end)
                 psi_right = self.psi(right_end, ell, mu)
                 inside = level > psi_right
                 pieces.append((np.where(inside, x, 0.0), np.where(inside, right_end, 0.0)))
@@ -340,13 +361,21 @@ class RadialSetting:
         a, b = self._log_m_affine
         return phi(t, self.k) - gamma - a + b * t
 
-    def pure_q_centred_mass(self, rho: float, gamma: float, under_p: bool = False) -> float:
-        """Q(R) (or P(R) with under_p) for R = {p_delta < e^gamma q}."""
+    def pure_q_centred_mass(self, rho: float, gamma: float, under_p: bool = False, grad: bool = False):
+        """Q(R) (or P(R) with under_p) for R = {p_delta < e^gamma q}; with grad, also d/d gamma."""
         t, w = self.p_nodes if under_p else self.q_nodes
         tau = phi_inv(self.pure_q_psi(t, gamma), self.k)
+        sq = np.sqrt(t)
         with np.errstate(invalid="ignore"):
-            cstar = np.where(np.isinf(tau), -np.inf, ((t - tau) + rho**2) / (2.0 * np.sqrt(t) * rho))
-        return float(np.sum(w * beta_cdf(0.5 * (1.0 + cstar), self.beta)))
+            cstar = np.where(np.isinf(tau), -np.inf, ((t - tau) + rho**2) / (2.0 * sq * rho))
+        x = 0.5 * (1.0 + cstar)
+        mass = float(np.sum(w * self.cdf(x)))
+        if not grad:
+            return mass
+        # dPsi/d gamma = -1, so d/d gamma is minus the d/dPsi of centred_mass
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = np.where(np.isinf(tau), 0.0, self.pdf(x) / ((1.0 + self.k / tau) * 4.0 * sq * rho))
+        return mass, float(np.sum(w * slope))
 
     def pure_q_masses(self, rho: float, gamma: float) -> tuple[float, float]:
         """(Q(R), P_delta(R)) for R = {p_delta < e^gamma q} (the dual's lambda1 = 0 face)."""
@@ -360,20 +389,39 @@ class RadialSetting:
             # (1 + b) t + k ln t = level + gamma + a, solved through phi^-1 in s = (1 + b) t
             hi = phi_inv(level + gamma + a + self.k * math.log1p(b), self.k) / (1.0 + b)
         c_hi = (hi - tv - rho**2) / (2.0 * np.sqrt(tv) * rho)
-        shifted = float(np.sum(wv * beta_cdf(0.5 * (1.0 + c_hi), self.beta)))
+        shifted = float(np.sum(wv * self.cdf(0.5 * (1.0 + c_hi))))
         return q_mass, shifted
 
 
-def _bisect(f, lo: np.ndarray, hi: np.ndarray, iters: int) -> np.ndarray:
-    """Vectorised bisection for an increasing f with f(lo) <= 0 <= f(hi); returns the midpoint."""
+def _solve_increasing(f, df, lo: np.ndarray, hi: np.ndarray, iters: int = 200) -> np.ndarray:
+    """Element-wise root of an increasing f in [lo, hi] (f(lo) <= 0 <= f(hi); otherwise the end that f's
+    sign points to): Newton steps, a bisection whenever a step leaves the bracket, to full precision."""
     lo, hi = (np.array(v, dtype=float) for v in np.broadcast_arrays(lo, hi))
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
+
+    def middle(lo, hi):  # geometric on t > 0: roots sit anywhere from 1e-8 to 1e4
         with np.errstate(invalid="ignore"):
-            up = f(mid) > 0
-        hi = np.where(up, mid, hi)
-        lo = np.where(up, lo, mid)
-    return 0.5 * (lo + hi)
+            return np.where(lo > 0, np.sqrt(lo * hi), 0.5 * (lo + hi))
+
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        below, above = f(lo) > 0, ~(f(hi) > 0)  # no sign change: the root is that end
+
+    x = np.where(below, lo, np.where(above, hi, middle(lo, hi)))
+    settled = below | above
+    for _ in range(iters):
+        if settled.all():
+            break
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            v = f(x)
+            up = v > 0
+            hi = np.where(up, x, hi)
+            lo = np.where(up, lo, x)
+            step = x - v / df(x)
+        # psi carries rounding of ~1e-16 |k ln t|, so a Newton step below 1e-14 relative is the root
+        done = settled | (v == 0) | (np.abs(step - x) <= 1e-14 * np.abs(x)) | (hi - lo <= 1e-14 * np.abs(hi))
+        x_new = np.where(done, x, np.where((step > lo) & (step < hi), step, middle(lo, hi)))
+        settled = done
+        x = x_new
+    return x
 
 
 def _grow_until(f, start: np.ndarray, guess: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from scipy.optimize import brentq
@@ -44,3 +45,53 @@ def largest_certified_radius(
         if candidate > lo and margin(candidate) >= 0:
             return candidate
     return lo
+
+
+def increasing_root(
+    f: Callable[[float], tuple[float, float]],
+    guess: float,
+    lo_limit: float,
+    hi_limit: float,
+    *,
+    rtol: float = 1e-13,
+    ftol: float = 1e-15,
+    step: float = 1.0,
+    iters: int = 100,
+) -> float:
+    """Root of an increasing f (returning value and derivative) in [lo_limit, hi_limit].
+
+    Safeguarded Newton from ``guess``: while one side of the bracket is unknown, steps are capped
+    at ``step``, doubling each time; once both are known, a step outside them is a bisection. Ends
+    when |f| <= ftol or the bracket is below rtol * max(1, |x|). Without a root in the limits it
+    returns the limit that f's sign points to. A warm ``guess`` costs a few evaluations.
+    """
+    lo, hi = lo_limit, hi_limit
+    known_lo = known_hi = False
+    x = min(max(guess, lo_limit), hi_limit)
+    span = step
+    for _ in range(iters):
+        val, der = f(x)
+        if abs(val) <= ftol:
+            return x
+        if val > 0:
+            if x <= lo_limit:
+                return lo_limit
+            hi, known_hi = x, True
+        else:
+            if x >= hi_limit:
+                return hi_limit
+            lo, known_lo = x, True
+        if known_lo and known_hi and hi - lo <= rtol * max(1.0, abs(x)):
+            return x
+        newton = x - val / der if der > 0 and math.isfinite(der) else math.nan
+        if known_lo and known_hi:
+            x = newton if lo < newton < hi else 0.5 * (lo + hi)
+            continue
+        direction = 1.0 if val < 0 else -1.0
+        if math.isfinite(newton) and 0.0 < (newton - x) * direction < span:
+            x = newton
+        else:
+            x = x + direction * span
+            span *= 2.0
+        x = min(max(x, lo_limit), hi_limit)
+    return x
