@@ -209,7 +209,7 @@ def _dsrs_radius(p_lower: float, p_upper: float, q_lower: float, q_upper: float,
         return 0.0
     exact = radial_setting(d, k, sigma, q_sigma, q_threshold)
     coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48)
-    search = radial_setting(d, k, sigma, q_sigma, q_threshold, tabulated=True)
+    search = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48, tabulated=True)
     p_lower = min(p_lower, 1.0 - 1e-15)
     bounds_p, bounds_q = (p_lower, p_upper), (q_lower, q_upper)
     warm = WarmStart()

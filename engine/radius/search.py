@@ -62,7 +62,7 @@ def increasing_root(
 
     Safeguarded Newton from ``guess``: while one side of the bracket is unknown, steps are capped
     at ``step``, doubling each time; once both are known, a step outside them is a bisection. Ends
-    when |f| <= ftol or the bracket is below rtol * max(1, |x|). Without a root in the limits it
+    when |f| <= ftol, or the bracket or the Newton step is below rtol * max(1, |x|). Without a root in the limits it
     returns the limit that f's sign points to. A warm ``guess`` costs a few evaluations.
     """
     lo, hi = lo_limit, hi_limit
@@ -84,6 +84,8 @@ def increasing_root(
         if known_lo and known_hi and hi - lo <= rtol * max(1.0, abs(x)):
             return x
         newton = x - val / der if der > 0 and math.isfinite(der) else math.nan
+        if abs(newton - x) <= rtol * max(1.0, abs(x)):  # f carries rounding: a step this small is the root
+            return newton if lo <= newton <= hi else x
         if known_lo and known_hi:
             x = newton if lo < newton < hi else 0.5 * (lo + hi)
             continue
