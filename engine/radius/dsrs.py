@@ -196,17 +196,19 @@ def dsrs_radius(
         raise ValueError(f"bounds must be intervals in [0, 1], got {p_bounds}, {q_bounds}")
     if (q_sigma is None) == (q_threshold is None):
         raise ValueError("give exactly one of q_sigma (smaller-sigma Q) or q_threshold (truncated Q)")
-    return _dsrs_radius(p_lower, p_upper, q_lower, q_upper, int(d), int(k), float(sigma),
-                        None if q_sigma is None else float(q_sigma),
-                        None if q_threshold is None else float(q_threshold))
+    return _dsrs_certificate(p_lower, p_upper, q_lower, q_upper, int(d), int(k), float(sigma),
+                             None if q_sigma is None else float(q_sigma),
+                             None if q_threshold is None else float(q_threshold))[0]
 
 
 @lru_cache(maxsize=4096)
-def _dsrs_radius(p_lower: float, p_upper: float, q_lower: float, q_upper: float, d: int, k: int,
-                 sigma: float, q_sigma: float | None, q_threshold: float | None) -> float:
+def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: float, d: int, k: int,
+                      sigma: float, q_sigma: float | None,
+                      q_threshold: float | None) -> tuple[float, tuple[float, float, float] | None]:
+    """(radius, (ell, mu, s1)): the multipliers whose dual bound certified it; None where NP's radius stands."""
     r_np = np_radius(p_lower, sigma=sigma, noise="general_gaussian" if k else "gaussian", d=d, k=k)
     if p_lower <= 0.5:
-        return 0.0
+        return 0.0, None
     exact = radial_setting(d, k, sigma, q_sigma, q_threshold)
     coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48)
     search = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48, tabulated=True)
@@ -230,14 +232,14 @@ def _dsrs_radius(p_lower: float, p_upper: float, q_lower: float, q_upper: float,
     # found; step down until it holds, never below NP
     for _ in range(40):
         if r <= r_np:
-            return r_np
+            return r_np, None
         try:
             _, ell, mu, s1 = found[r] if r in found else solve(r)
             b1 = p_upper if s1 < 0 else p_lower
             b2 = q_upper if mu < 0 else q_lower
             if checked_bound(exact, coarse, r, ell, mu, s1, b1, b2) >= 0.5:
-                return float(r)
+                return float(r), (ell, mu, s1)
         except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             pass
         r -= max(1e-6, 1e-4 * r)
-    return r_np
+    return r_np, None

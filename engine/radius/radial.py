@@ -21,7 +21,18 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.special import betaln, expit, gammainc, roots_legendre, stdtr, wrightomega
+from scipy.special import (
+    betaln,
+    expit,
+    gammainc,
+    gammaincc,
+    gammainccinv,
+    gammaincinv,
+    gammaln,
+    roots_legendre,
+    stdtr,
+    wrightomega,
+)
 from scipy.stats import gamma as gamma_law
 
 from engine.radius.tables import MIN_BETA, CosineCdfTable, cosine_cdf_table
@@ -42,19 +53,37 @@ def radial_nodes(shape: float, upper_q: float = 1.0, panels: int = 96, order: in
     edges = np.linspace(-_LOGIT_SPAN, _LOGIT_SPAN, panels + 1)
     if break_q is not None:
         edges = np.unique(np.append(edges, math.log(break_q / (1.0 - break_q))))
-    g, gw = roots_legendre(order)
+    return logit_rule(edges, shape, upper_q, order)
+
+
+def logit_rule(edges: np.ndarray, shape: float, upper_q: float = 1.0, order: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre panels between consecutive ``edges`` in the logit x of the Gamma(shape) CDF level
+    (times upper_q); nodes are grouped panel by panel, ``order`` to a panel."""
+    g, gw = gauss_legendre(order)
     half = 0.5 * (edges[1:] - edges[:-1])
     mid = 0.5 * (edges[1:] + edges[:-1])
     x = (mid[:, None] + half[:, None] * g[None, :]).ravel()
     wx = (half[:, None] * gw[None, :]).ravel()
     level = expit(x)
     if upper_q >= 1.0:
-        # isf keeps precision in the upper tail, where 1 - level underflows relative to 1
-        t = np.where(x < 0, gamma_law.ppf(level, shape), gamma_law.isf(expit(-x), shape))
+        # the complement keeps precision in the upper tail, where 1 - level underflows relative to 1
+        t = np.where(x < 0, gammaincinv(shape, level), gammainccinv(shape, expit(-x)))
     else:
-        t = gamma_law.ppf(upper_q * level, shape)
+        t = gammaincinv(shape, upper_q * level)
     w = upper_q * wx * level * expit(-x)  # d/dx expit(x) = expit(x) expit(-x)
     return t, w
+
+
+@lru_cache(maxsize=8)
+def gauss_legendre(order: int) -> tuple[np.ndarray, np.ndarray]:
+    return roots_legendre(order)
+
+
+def _logit_of_cdf(t: float, shape: float) -> float:
+    """x with expit(x) = Gamma(shape) CDF at t, accurate in both tails."""
+    if t <= 0.0:
+        return -math.inf
+    return math.log(gammainc(shape, t)) - math.log(gammaincc(shape, t))
 
 
 def phi(t: np.ndarray, k: float) -> np.ndarray:
@@ -147,6 +176,53 @@ class RadialSetting:
     @cached_property
     def p_nodes(self) -> tuple[np.ndarray, np.ndarray]:
         return radial_nodes(self.shape, 1.0, self.panels, self.order, self.q_threshold)
+
+    def shifted_nodes(self, rho: float) -> tuple[np.ndarray, np.ndarray]:
+        return _shifted_nodes(self, rho)
+
+    def _shifted_nodes(self, rho: float) -> tuple[np.ndarray, np.ndarray]:
+        """P's radial nodes (in t_v) for integrals under the shifted P.
+
+        With a truncated Q the region jumps at t_u = t_cut, and t_u = t_v + rho^2 + 2 sqrt(t_v) rho c with
+        the cosine c within 40/sqrt(d) of 0 (40 sd): over that band of t_v the integrand falls steeply
+        (a width of ~rho/sqrt(d)), which panels placed by P's CDF alone step over, fine and coarse rule
+        alike. The band gets its own dense Gauss-Legendre panels; P's rule covers the rest.
+        """
+        if self.q_threshold is None:
+            return self.p_nodes
+        reach = rho * min(1.0, 40.0 / math.sqrt(self.d))
+        inner = self.t_cut - rho**2 + reach**2
+        if inner <= 0.0:
+            return self.p_nodes
+        a, b = max(0.0, math.sqrt(inner) - reach) ** 2, (math.sqrt(inner) + reach) ** 2
+        # P's panels (edges in the CDF's logit) that miss the band stay; those it covers go; one that
+        # straddles an end keeps its outer part as a new panel
+        edges, (t, w) = self._p_edges, self.p_nodes
+        xa, xb = _logit_of_cdf(a, self.shape), _logit_of_cdf(b, self.shape)
+        lo, hi = edges[:-1], edges[1:]
+        keep = np.repeat((hi <= xa) | (lo >= xb), self.order)
+        cut = [(max(l, -_LOGIT_SPAN), min(h, xa)) for l, h in zip(lo, hi) if l < xa < h]
+        cut += [(max(l, xb), h) for l, h in zip(lo, hi) if l < xb < h]
+        ts, ws = [t[keep]], [w[keep]]
+        for left, right in cut:
+            if right > left:
+                tc, wc = logit_rule(np.array([left, right]), self.shape, 1.0, self.order)
+                ts.append(tc), ws.append(wc)
+        g, gw = gauss_legendre(self.order)
+        band = np.linspace(a, b, self.panels + 1)
+        half, mid = 0.5 * np.diff(band), 0.5 * (band[1:] + band[:-1])
+        tb = (mid[:, None] + half[:, None] * g[None, :]).ravel()
+        density = np.exp((self.shape - 1.0) * np.log(tb) - tb - gammaln(self.shape))
+        ts.append(tb), ws.append((half[:, None] * gw[None, :]).ravel() * density)
+        return np.concatenate(ts), np.concatenate(ws)
+
+    @cached_property
+    def _p_edges(self) -> np.ndarray:
+        """Panel edges of ``p_nodes`` in the logit of P's radial CDF."""
+        edges = np.linspace(-_LOGIT_SPAN, _LOGIT_SPAN, self.panels + 1)
+        if self.q_threshold is not None:
+            edges = np.unique(np.append(edges, math.log(self.q_threshold / (1.0 - self.q_threshold))))
+        return edges
 
     @cached_property
     def q_nodes(self) -> tuple[np.ndarray, np.ndarray]:
@@ -257,7 +333,7 @@ class RadialSetting:
     # -- region probability under the shifted P (radial variable = ||z - delta||) -----------
     def shifted_mass(self, rho, ell, mu=0.0, s1: float = 1.0) -> np.ndarray:
         """P_delta(R) = E_{t_v}[ Pr_c'(Psi(t_u) < phi(t_v)) ], t_u = t_v + rho^2 + 2 sqrt(t_v) rho c'."""
-        t, w = self.p_nodes
+        t, w = self.shifted_nodes(float(np.ravel(rho)[0]))
         rho = np.asarray(rho, dtype=float)[..., None]
         ell = np.asarray(ell, dtype=float)[..., None]
         mu = np.asarray(mu, dtype=float)[..., None]
@@ -388,7 +464,7 @@ class RadialSetting:
     def pure_q_masses(self, rho: float, gamma: float) -> tuple[float, float]:
         """(Q(R), P_delta(R)) for R = {p_delta < e^gamma q} (the dual's lambda1 = 0 face)."""
         q_mass = self.pure_q_centred_mass(rho, gamma)
-        tv, wv = self.p_nodes
+        tv, wv = self.shifted_nodes(rho)
         level = phi(tv, self.k)
         if self.q_threshold is not None:
             hi = np.minimum(self.t_cut, phi_inv(level + gamma - math.log(self.q_threshold), self.k))
@@ -399,6 +475,11 @@ class RadialSetting:
         c_hi = (hi - tv - rho**2) / (2.0 * np.sqrt(tv) * rho)
         shifted = float(np.sum(wv * self.cdf(0.5 * (1.0 + c_hi))))
         return q_mass, shifted
+
+
+@lru_cache(maxsize=256)
+def _shifted_nodes(setting: RadialSetting, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    return setting._shifted_nodes(rho)
 
 
 def _solve_increasing(f, df, lo: np.ndarray, hi: np.ndarray, iters: int = 200) -> np.ndarray:

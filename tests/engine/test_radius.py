@@ -10,8 +10,8 @@ import pytest
 from scipy.special import ndtri
 
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
-from engine.radius.dsrs import dsrs_shifted_lower_bound
-from engine.radius.np import _general_gaussian_np_radius, np_shifted_lower_bound, radial_setting
+from engine.radius.dsrs import _dsrs_certificate, dsrs_shifted_lower_bound
+from engine.radius.np import _general_gaussian_np_radius, checked_bound, np_shifted_lower_bound, radial_setting
 from engine.radius.radial import RadialSetting
 from tests.engine.dsrs_data import ROOT, read_radius, read_sampling
 
@@ -77,10 +77,19 @@ def dsrs_refuted(setting: RadialSetting, r: float, p_b: tuple, q_b: tuple) -> bo
     return feasible and float(setting.shifted_mass(rho, ell, mu, s1)) < 0.5 - 1e-6
 
 
-def certificate_holds_finer(d: int, k: int, r: float, p_b: tuple, q_b: tuple, q_kwargs: dict) -> bool:
-    """Re-check a radius with an independent, much finer quadrature (400 panels of 16 nodes)."""
+def certificate_holds_finer(d: int, k: int, p_b: tuple, q_b: tuple, q_kwargs: dict) -> bool:
+    """Re-check our radius with an independent, much finer quadrature (400 panels of 16 nodes, with the
+    allowance against 200 panels): the dual bound at the very multipliers that certified it, or
+    NP's bound where NP's radius stood."""
+    r, multipliers = _dsrs_certificate(*p_b, *q_b, d, k, SIGMA, q_kwargs.get("q_sigma"), q_kwargs.get("q_threshold"))
+    if multipliers is None:
+        fine = RadialSetting(d=d, k=k, sigma=SIGMA, panels=400, order=16)
+        return r == 0.0 or np_shifted_lower_bound(fine, r, p_b[0])[0] >= 0.5
+    ell, mu, s1 = multipliers
     fine = RadialSetting(d=d, k=k, sigma=SIGMA, panels=400, order=16, **q_kwargs)
-    return dsrs_shifted_lower_bound(fine, r, p_b, q_b)[0] >= 0.5
+    rough = RadialSetting(d=d, k=k, sigma=SIGMA, panels=200, order=16, **q_kwargs)
+    b1, b2 = (p_b[1] if s1 < 0 else p_b[0]), (q_b[1] if mu < 0 else q_b[0])
+    return checked_bound(fine, rough, r, ell, mu, s1, b1, b2) >= 0.5
 
 
 # -- exact answers ---------------------------------------------------------------------------
@@ -173,7 +182,7 @@ def test_dsrs_radius_against_published(case, chunk: int) -> None:
                 unexplained.append((idx, ours, r_pub))
         if ours >= r_pub + u + 1e-3:
             # above the authors' grid: the certificate must hold under an independent finer rule
-            assert certificate_holds_finer(d, k, ours, p[idx], q[idx], q_kwargs), (idx, ours, r_pub)
+            assert certificate_holds_finer(d, k, p[idx], q[idx], q_kwargs), (idx, ours, r_pub)
             above.append(idx)
     print(f"{r_stem}[{chunk}]: {len(published)} rows, {len(refuted)} published radii refuted, "
           f"{len(above)} above the grid, {len(unexplained)} below and unrefuted: {unexplained}")
@@ -216,3 +225,119 @@ def test_dsrs_on_a_ball_never_exceeds_the_exact_radius(c: float, q: dict) -> Non
     assert np_radius(p_a, sigma=SIGMA) + 0.1 < ours <= true_radius
     if c == 2.3 and "q_sigma" in q:
         assert ours > true_radius - 1e-3  # here both facts pin the ball down: DSRS is exact
+
+
+# -- the fast paths: tables and warm starts only steer; the exact rule certifies ----------------
+@pytest.mark.parametrize("d", [3, 16, 784, 3072, 150528])
+def test_beta_cdf_through_student_t_equals_betainc(d: int) -> None:
+    from scipy.special import betainc
+
+    from engine.radius.radial import beta_cdf
+
+    beta = (d - 1) / 2
+    rng = np.random.default_rng(d)
+    spread = rng.normal(0.0, 1.0, 5000) * rng.uniform(0.0, 30.0, 5000) / (2.0 * math.sqrt(2 * beta + 1))
+    x = np.concatenate([rng.uniform(0.0, 1.0, 5000), 0.5 + spread, [-1.0, 0.0, 0.5, 1.0, 2.0]])
+    assert np.abs(beta_cdf(x, beta) - betainc(beta, beta, np.clip(x, 0.0, 1.0))).max() < 1e-13
+
+
+@pytest.mark.parametrize("d", [61, 784, 3072, 150528])
+def test_cosine_table_is_within_1e_11_of_the_cdf(d: int) -> None:
+    from scipy.special import betainc
+
+    from engine.radius.radial import beta_pdf
+    from engine.radius.tables import CosineCdfTable
+
+    beta = (d - 1) / 2
+    table = CosineCdfTable(beta)
+    scale = math.sqrt(2 * beta + 1)
+    x = 0.5 * (1.0 + np.random.default_rng(d).uniform(-min(45.0, scale), min(45.0, scale), 20000) / scale)
+    assert np.abs(table(x) - betainc(beta, beta, np.clip(x, 0.0, 1.0))).max() < 1e-11
+    peak = float(beta_pdf(np.array([0.5]), beta)[0])
+    assert np.abs(table.pdf(x) - beta_pdf(x, beta)).max() < 1e-8 * peak
+    assert np.isnan(table(np.array([np.nan])))[0]
+    with pytest.raises(ValueError, match="beta"):
+        CosineCdfTable(5.0)  # small d: the law's edges are too sharp, betainc is used instead
+
+
+def test_a_certificate_is_never_checked_on_a_table() -> None:
+    table = radial_setting(784, 380, SIGMA, tabulated=True)
+    with pytest.raises(ValueError, match="exact rule"):
+        checked_bound(table, radial_setting(784, 380, SIGMA, panels=48), 0.3, 0.0, b1=0.9)
+
+
+def test_increasing_root_from_a_guess_and_without_a_root() -> None:
+    from engine.radius.search import increasing_root
+
+    calls = []
+
+    def f(x: float) -> tuple[float, float]:
+        calls.append(x)
+        return math.tanh(x - 3.0), 1.0 - math.tanh(x - 3.0) ** 2
+
+    assert increasing_root(f, 2.9, -10.0, 10.0) == pytest.approx(3.0, abs=1e-12)
+    assert len(calls) <= 5  # a warm guess costs a few evaluations
+    assert increasing_root(lambda x: (x + 20.0, 1.0), 0.0, -10.0, 10.0) == -10.0  # f > 0 throughout
+    assert increasing_root(lambda x: (x - 20.0, 1.0), 0.0, -10.0, 10.0) == 10.0
+
+
+@pytest.mark.parametrize("d,k", [(784, 380), (3072, 1530)])
+def test_tabulated_np_edge_equals_the_search(d: int, k: int) -> None:
+    from engine.radius.np import _searched_np_radius, np_curve
+
+    exact, coarse = radial_setting(d, k, SIGMA), radial_setting(d, k, SIGMA, panels=48)
+    search = radial_setting(d, k, SIGMA, tabulated=True)
+    assert np_curve(d, k, SIGMA).at(0.9) is not None
+    fine = RadialSetting(d=d, k=k, sigma=SIGMA, panels=400, order=16)
+    for p in (0.52, 0.7, 0.9, 0.999, 0.99993):
+        ours = _general_gaussian_np_radius(p, d, k, SIGMA)
+        assert abs(ours - _searched_np_radius(p, exact, coarse, search)) < 1e-4
+        assert np_shifted_lower_bound(fine, ours, p)[0] >= 0.5  # certified under a much finer rule
+
+
+def cold_dsrs_radius(p_b: tuple, q_b: tuple, d: int, k: int, q: dict) -> float:
+    """DSRS as it ran before tables and warm starts: every search step on the exact rule, every Newton
+    from scratch, then the same certification with the quadrature allowance."""
+    from engine.radius.search import largest_certified_radius
+
+    exact = radial_setting(d, k, SIGMA, q.get("q_sigma"), q.get("q_threshold"))
+    coarse = radial_setting(d, k, SIGMA, q.get("q_sigma"), q.get("q_threshold"), panels=48)
+    r_np = np_radius(p_b[0], sigma=SIGMA, noise="general_gaussian", d=d, k=k)
+    r = largest_certified_radius(lambda r: dsrs_shifted_lower_bound(exact, r, p_b, q_b)[0] - 0.5 - 1e-9,
+                                 r_np, max(0.05 * SIGMA, 0.1 * r_np), xtol=1e-6)
+    while r > r_np:
+        _, ell, mu, s1 = dsrs_shifted_lower_bound(exact, r, p_b, q_b)
+        b1, b2 = (p_b[1] if s1 < 0 else p_b[0]), (q_b[1] if mu < 0 else q_b[0])
+        if checked_bound(exact, coarse, r, ell, mu, s1, b1, b2) >= 0.5:
+            return r
+        r -= 1e-4 * r
+    return r_np
+
+
+@pytest.mark.parametrize("q", [{"q_sigma": 0.45}, {"q_threshold": 0.7}, {"q_threshold": 0.2}])
+def test_fast_dsrs_equals_a_cold_untabulated_search(q: dict) -> None:
+    # Ours must come within 1e-4 of the cold search or above it (warm-started Newton reaches dual
+    # optima that a cold start can miss, and any multipliers give a valid bound), and must hold
+    # under a much finer rule at the multipliers that certified it.
+    d, k = 3072, 1530
+    for p_b, q_b in [((0.8, 0.81), (0.85, 0.86)), ((0.95, 0.96), (0.9, 0.92)), ((0.7, 0.72), (0.5, 0.55))]:
+        ours = dsrs_radius(p_b, q_b, d=d, k=k, sigma=SIGMA, **q)
+        cold = cold_dsrs_radius(p_b, q_b, d, k, q)
+        assert ours >= cold - 1e-4, (p_b, q_b, ours, cold)
+        assert certificate_holds_finer(d, k, p_b, q_b, q), (p_b, q_b, ours, cold)
+
+
+def test_truncated_q_shifted_integral_resolves_the_cut() -> None:
+    # With a truncated Q the shifted integrand falls steeply across a band of width ~rho/sqrt(d) near
+    # t_cut; rules that place panels by P's CDF alone disagree there by ~5e-5, fine and coarse alike
+    # (and so did this engine, before the band got its own panels). Now every rule agrees to 1e-6, and
+    # the certifying rule (96 x 8) to 1e-7 with the finest.
+    r, (ell, mu, s1) = _dsrs_certificate(0.8, 0.81, 0.85, 0.86, 3072, 1530, SIGMA, None, 0.7)
+    values = []
+    for panels, order in [(48, 8), (96, 8), (96, 16), (200, 16), (400, 16), (800, 4)]:
+        rule = RadialSetting(d=3072, k=1530, sigma=SIGMA, q_threshold=0.7, panels=panels, order=order)
+        values.append(float(rule.shifted_mass(r / rule.scale, ell, mu, s1)))
+    assert max(values) - min(values) < 1e-6, values
+    assert abs(values[1] - values[4]) < 1e-7, values
+    t, w = RadialSetting(d=3072, k=1530, sigma=SIGMA, q_threshold=0.7).shifted_nodes(0.1)
+    assert w.sum() == pytest.approx(1.0, abs=1e-14) and (w * t).sum() == pytest.approx(6.0, abs=1e-12)
