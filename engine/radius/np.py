@@ -9,7 +9,6 @@ from functools import cached_property, lru_cache
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 from scipy.optimize import brentq
-
 from scipy.special import ndtri
 
 from engine.radius.radial import RadialSetting
@@ -147,7 +146,7 @@ def np_curve(d: int, k: int, sigma: float, step: float = 0.02, z_max: float = 6.
         r = i * step * sigma
         rho = r / search.scale
 
-        def half(e: float) -> float:
+        def half(e: float, rho: float = rho) -> float:
             return float(search.shifted_mass(rho, e)) - 0.5
 
         lo, hi = ell - 0.5, ell + 0.5

@@ -409,8 +409,9 @@ class RadialSetting:
         for i in np.nonzero(sign[1:] != sign[:-1])[0]:
             turns.append(brentq(lambda t: float(dpsi(np.asarray(t))), ts[i], ts[i + 1], xtol=1e-300, rtol=1e-15))
         turns.append(math.inf)
-        # psi >= phi - ell - ln(1 + max(mu, 0) m(left)) on [left, inf): the level is passed by phi^-1 of that
-        psi_up = lambda t: self.psi(t, ell, mu) - level  # noqa: E731
+        def psi_up(t):
+            return self.psi(t, ell, mu) - level
+
         pieces = []
         for left, right in itertools.pairwise(turns):
             probe = left * 1.5 if math.isinf(right) else 0.5 * (left + right)
@@ -419,6 +420,7 @@ class RadialSetting:
             if left == floor and t0 == 0.0:
                 psi_left = -np.inf if self.k > 0 else float(self.psi(np.asarray(0.0), ell, mu))
             if math.isinf(right):
+                # psi >= phi - ell - ln(1 + max(mu, 0) m(left)) on [left, inf): phi^-1 of that passes the level
                 lift = math.log1p(max(mu, 0.0) * float(self.m(np.asarray(left))))
                 right_end = np.maximum(phi_inv(level + ell + lift, self.k) * (1.0 + 1e-12), left * 2.0 + 1.0)
                 right_end = _grow_until(psi_up, np.asarray(left), right_end)

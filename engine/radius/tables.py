@@ -33,7 +33,7 @@ class CosineCdfTable:
         self.scale = math.sqrt(2.0 * beta + 1.0)
         self.span = min(SPAN, self.scale)
         self.h = 1.0 / knots_per_unit
-        count = int(math.ceil(2.0 * self.span / self.h)) + 1
+        count = math.ceil(2.0 * self.span / self.h) + 1
         self.u0 = -self.span
         u = self.u0 + self.h * np.arange(count)
         x = np.clip(0.5 * (1.0 + u / self.scale), 0.0, 1.0)

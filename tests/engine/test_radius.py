@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
+from bench.reference_radius import cold_dsrs_radius
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
 from engine.radius.dsrs import _dsrs_certificate, dsrs_shifted_lower_bound
-from engine.radius.np import _general_gaussian_np_radius, checked_bound, np_shifted_lower_bound, radial_setting
+from engine.radius.np import (
+    _general_gaussian_np_radius,
+    checked_bound,
+    np_shifted_lower_bound,
+    radial_setting,
+)
 from engine.radius.radial import RadialSetting
 from tests.engine.dsrs_data import ROOT, read_radius, read_sampling
 
@@ -295,25 +301,6 @@ def test_tabulated_np_edge_equals_the_search(d: int, k: int) -> None:
         assert np_shifted_lower_bound(fine, ours, p)[0] >= 0.5  # certified under a much finer rule
 
 
-def cold_dsrs_radius(p_b: tuple, q_b: tuple, d: int, k: int, q: dict) -> float:
-    """DSRS as it ran before tables and warm starts: every search step on the exact rule, every Newton
-    from scratch, then the same certification with the quadrature allowance."""
-    from engine.radius.search import largest_certified_radius
-
-    exact = radial_setting(d, k, SIGMA, q.get("q_sigma"), q.get("q_threshold"))
-    coarse = radial_setting(d, k, SIGMA, q.get("q_sigma"), q.get("q_threshold"), panels=48)
-    r_np = np_radius(p_b[0], sigma=SIGMA, noise="general_gaussian", d=d, k=k)
-    r = largest_certified_radius(lambda r: dsrs_shifted_lower_bound(exact, r, p_b, q_b)[0] - 0.5 - 1e-9,
-                                 r_np, max(0.05 * SIGMA, 0.1 * r_np), xtol=1e-6)
-    while r > r_np:
-        _, ell, mu, s1 = dsrs_shifted_lower_bound(exact, r, p_b, q_b)
-        b1, b2 = (p_b[1] if s1 < 0 else p_b[0]), (q_b[1] if mu < 0 else q_b[0])
-        if checked_bound(exact, coarse, r, ell, mu, s1, b1, b2) >= 0.5:
-            return r
-        r -= 1e-4 * r
-    return r_np
-
-
 @pytest.mark.parametrize("q", [{"q_sigma": 0.45}, {"q_threshold": 0.7}, {"q_threshold": 0.2}])
 def test_fast_dsrs_equals_a_cold_untabulated_search(q: dict) -> None:
     # Ours must come within 1e-4 of the cold search or above it (warm-started Newton reaches dual
@@ -322,7 +309,7 @@ def test_fast_dsrs_equals_a_cold_untabulated_search(q: dict) -> None:
     d, k = 3072, 1530
     for p_b, q_b in [((0.8, 0.81), (0.85, 0.86)), ((0.95, 0.96), (0.9, 0.92)), ((0.7, 0.72), (0.5, 0.55))]:
         ours = dsrs_radius(p_b, q_b, d=d, k=k, sigma=SIGMA, **q)
-        cold = cold_dsrs_radius(p_b, q_b, d, k, q)
+        cold = cold_dsrs_radius(p_b, q_b, d=d, k=k, sigma=SIGMA, **q)
         assert ours >= cold - 1e-4, (p_b, q_b, ours, cold)
         assert certificate_holds_finer(d, k, p_b, q_b, q), (p_b, q_b, ours, cold)
 
