@@ -35,9 +35,11 @@ from engine.smooth import SmoothedClassifier
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
 PRESETS = {
     "quick": {"n": 10_000, "n0": 100, "inputs": 16, "batch_size": 1000, "radius_calls": 5, "repeats": 3,
-              "pack_inputs": 200, "pack_n": 1000, "schedule_inputs": 24, "schedule_n": 20_000},
+              "pack_inputs": 200, "pack_n": 1000, "schedule_inputs": 24, "schedule_n": 20_000,
+              "published_inputs": 100, "schedule_delta": 0.15},
     "full": {"n": 100_000, "n0": 100, "inputs": 100, "batch_size": 10_000, "radius_calls": 20, "repeats": 2,
-             "pack_inputs": 1000, "pack_n": 1000, "schedule_inputs": 200, "schedule_n": 100_000},
+             "pack_inputs": 1000, "pack_n": 1000, "schedule_inputs": 200, "schedule_n": 100_000,
+             "published_inputs": 1000, "schedule_delta": 0.15},
 }
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 SIGMA, ALPHA, WIDTH = 0.25, 0.001, 16
@@ -196,22 +198,59 @@ def compare_schedules(cfg: dict, device: torch.device) -> dict | None:
     Fashion-MNIST demo model trained at sigma 0.5 (skipped when Fashion-MNIST is not installed), and the
     oracle's reduction on the same inputs (``bench.sample_oracle``): what no schedule can beat."""
     from engine.models import load_model
-    from engine.schedule import ISSSchedule, SequentialSchedule
 
     try:
         data = load_dataset("fashion_mnist", split="test")
     except FileNotFoundError:
         return None
-    sigma, n, batch = 0.5, cfg["schedule_n"], cfg["batch_size"]
     stride = len(data.x) // cfg["schedule_inputs"]
     xs, ys = data.x[::stride][: cfg["schedule_inputs"]].to(device), data.y[::stride][: cfg["schedule_inputs"]]
     net = load_model(DEMO / "fashion_cnn_gaussian_0.5.pt", map_location=device)
-    smoothed = SmoothedClassifier(net, 10, Gaussian(sigma), channels_last=True)
+    return {"model": "models/demo/fashion_cnn_gaussian_0.5.pt",
+            **run_schedules(SmoothedClassifier(net, 10, Gaussian(0.5), channels_last=True), xs, ys, 0.5, cfg)}
+
+
+class HalfSpace(torch.nn.Module):
+    """Class 0 where the first coordinate is negative, else class 1: under N(0, sigma^2), the input
+    x = -sigma Phi^-1(p) has pA = p exactly (and its true robust radius is |x|)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        s = z.flatten(1)[:, :1]
+        return torch.cat([-s, s], dim=1)
+
+
+def compare_schedules_on_published_pa(cfg: dict, device: torch.device) -> dict | None:
+    """Target 4 on a CIFAR-size model's inputs: the per-input pA of Cohen et al.'s sigma = 0.5 CIFAR-10
+    ResNet-110 (the DSRS authors' sampling data, 1,000 test images, interval midpoints), each reproduced
+    exactly by a half-space base classifier. The sample counts of every schedule depend on pA alone, so
+    this measures them on that model's pA distribution without its weights (no CIFAR data or weights
+    can be fetched here). Skipped when the reference data is absent."""
+    from scipy.special import ndtri
+
+    path = (Path(__file__).resolve().parents[2] / "shared" / "reference" / "dsrs_data" / "sampling" /
+            "cohen-cifar-0.50.pth" / "gaussian-None-0.5-50000-0.0005.txt")
+    if not path.exists():
+        return None
+    rows = [line.split() for line in path.read_text().splitlines() if line.startswith("o ")]
+    p_a = np.array([0.5 * (float(r[2]) + float(r[3])) for r in rows])[:: max(1, 1000 // cfg["published_inputs"])]
+    sigma = 0.5
+    xs = torch.tensor(-sigma * ndtri(np.clip(p_a, 1e-12, 1 - 1e-12)), dtype=torch.float32).view(-1, 1, 1, 1)
+    ys = torch.zeros(len(xs), dtype=torch.long)
+    smoothed = SmoothedClassifier(HalfSpace().to(device), 2, Gaussian(sigma))
+    one_dim = {"schedule_n": 100_000, "batch_size": 10_000}  # the issue's n_max: cheap on 1-pixel inputs
+    return {"model": "half-space base classifiers at the published per-input pA of Cohen's CIFAR-10 ResNet-110, "
+                     "sigma 0.5", **run_schedules(smoothed, xs.to(device), ys, sigma, {**cfg, **one_dim})}
+
+
+def run_schedules(smoothed: SmoothedClassifier, xs: torch.Tensor, ys: torch.Tensor, sigma: float, cfg: dict) -> dict:
+    """Fixed n, ISS and the sequential schedule on the same inputs and seeds, and the oracle bound."""
+    from engine.schedule import ISSSchedule, SequentialSchedule
+
+    n, batch, delta = cfg["schedule_n"], cfg["batch_size"], cfg["schedule_delta"]
     schedules = {"fixed": None,
-                 "iss": ISSSchedule(sigma, n, ALPHA, delta=0.05, batch_size=batch),
-                 "sequential": SequentialSchedule(sigma, n, ALPHA, delta=0.05, first=batch, batch_size=batch)}
-    out: dict = {"model": "models/demo/fashion_cnn_gaussian_0.5.pt", "sigma": sigma, "n_max": n, "delta": 0.05,
-                 "inputs": len(xs)}
+                 "iss": ISSSchedule(sigma, n, ALPHA, delta=delta, batch_size=batch),
+                 "sequential": SequentialSchedule(sigma, n, ALPHA, delta=delta, first=batch, batch_size=batch)}
+    out: dict = {"sigma": sigma, "n_max": n, "delta": delta, "inputs": len(xs)}
     for name, schedule in schedules.items():
         start = time.perf_counter()
         results = [smoothed.certify(x, cfg["n0"], n, ALPHA, batch, schedule=schedule, seed=i) for i, x in enumerate(xs)]
@@ -255,6 +294,7 @@ def main() -> dict:
     radius_times = time_dsrs_radius(cfg["radius_calls"])
     packing = time_packing(model, data.x[: cfg["pack_inputs"]].to(device), cfg, device)
     schedules = compare_schedules(cfg, device)
+    published = compare_schedules_on_published_pa(cfg, device)
     result = {
         "preset": preset,
         "device": device_name(device),
@@ -280,6 +320,7 @@ def main() -> dict:
         "dsrs_radius_ms": radius_times,
         "packing": packing,
         "schedules": schedules,
+        "schedules_published_pa": published,
         "torch": torch.__version__,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -304,7 +345,7 @@ def performance_markdown(r: dict) -> str:
     if "cpu" in r["device"].lower():
         lines.append("No GPU run is recorded yet: the GPU rows (ResNet-110, ResNet-50 at 224 px, bf16, compile, CUDA "
                      "graphs) need `BENCH=full make bench` on a GPU machine.")
-    p, s = r["packing"], r.get("schedules")
+    p = r["packing"]
     lines += [
         "", "| target | model | n | ours | baseline | ratio |", "|---|---|---|---|---|---|",
         (f"| certify vs the forward pass alone (>= 0.90) | {r['model']} | {r['n']:,} | "
@@ -321,11 +362,18 @@ def performance_markdown(r: dict) -> str:
         (f"| packing {p['inputs']} small inputs (>= 5x) | same | {p['n']:,} | {p['packed_s']:.2f} s | "
         f"{p['one_at_a_time_s']:.2f} s one at a time | {p['speedup']:.2f}x |"),
     ]
-    if s:
+    for s in (r.get("schedules"), r.get("schedules_published_pa")):
+        if not s:
+            continue
         for name in ("iss", "sequential"):
-            lines.append(f"| {name} samples per input (>= 5x fewer, ACR drop <= 0.02) | {s['model']} | max {s['n_max']:,} | "
-                         f"{s[name]['mean_samples']:,.0f} (ACR {s[name]['acr']:.3f}) | {s['fixed']['mean_samples']:,.0f} "
-                         f"(ACR {s['fixed']['acr']:.3f}) | {s[name]['sample_reduction']:.2f}x, ACR {-s[name]['acr_drop']:+.3f} |")
+            lines.append(f"| {name} samples per input (>= 5x fewer, ACR drop <= 0.02) | {s['model']}, {s['inputs']} inputs | "
+                         f"max {s['n_max']:,} | {s[name]['mean_samples']:,.0f} (ACR {s[name]['acr']:.3f}) | "
+                         f"{s['fixed']['mean_samples']:,.0f} (ACR {s['fixed']['acr']:.3f}) | "
+                         f"{s[name]['sample_reduction']:.2f}x, ACR {-s[name]['acr_drop']:+.3f} |")
+        o = s["oracle"]
+        lines.append(f"| oracle bound: fewest samples any schedule could spend at ACR drop <= {o['budget']} | same | "
+                     f"max {s['n_max']:,} | {o['mean_samples']:,.0f} | {s['fixed']['mean_samples']:,.0f} | "
+                     f"{o['reduction']:.2f}x ({100 * o['share_pa_one']:.0f}% of inputs at pA = 1) |")
     for name, t in r["dsrs_radius_ms"].items():
         lines.append(f"| dsrs_radius, CIFAR GG(3072, 1530, 0.5), {name} (<= 5 ms; tables < 10 s) | - | - | "
                      f"{t['median_ms']:.0f} ms median, first call with tables {t['cold_ms']:.0f} ms | "
@@ -352,12 +400,17 @@ def print_report(r: dict) -> None:
     p = r["packing"]
     print(f"{p['inputs']} inputs at n={p['n']}: one at a time {p['one_at_a_time_s']:.2f} s, packed {p['packed_s']:.2f} s "
           f"({p['speedup']:.1f}x)")
-    if r["schedules"]:
-        s = r["schedules"]
+    for s in (r.get("schedules"), r.get("schedules_published_pa")):
+        if not s:
+            continue
+        print(s["model"])
         for name in ("fixed", "iss", "sequential"):
             extra = "" if name == "fixed" else \
                 f"  ({s[name]['sample_reduction']:.1f}x fewer, ACR drop {s[name]['acr_drop']:+.4f})"
             print(f"{name:<10} mean samples {s[name]['mean_samples']:>9,.0f}  ACR {s[name]['acr']:.4f}{extra}")
+        o = s["oracle"]
+        print(f"oracle     mean samples {o['mean_samples']:>9,.0f}  ({o['reduction']:.1f}x fewer at ACR drop "
+              f"{o['acr_drop']:.4f} <= {o['budget']})")
     header = "radius    " + " ".join(f"{g:>6}" for g in GRID) + "     ACR"
     print(header)
     for name in ("ours", "ours_nchw", "ours_bf16", "cohen"):
