@@ -9,6 +9,7 @@ import pickle
 import time
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -171,6 +172,141 @@ def test_a_killed_worker_s_shard_is_retried_and_certifies_every_input_once(servi
                                       {"j": job_id}).scalar()
     engine.dispose()
     assert stored == 8 and attempts >= 2
+
+
+# a packed job whose groups each take a good fraction of a second on one CPU thread (shards of SHARD_SIZE = 4
+# inputs, so each shard is two groups of 2): a kill or a cancel lands between a shard's groups
+PACKED_SLOW = {"n": 200_000, "batch_size": 1000, "pack": 2}
+
+
+class ShardSeen(NamedTuple):
+    id: int
+    indices: list[int]
+    stored: list[int]  # those of its indices with a row, in the shard's order
+    state: str
+    attempts: int
+
+
+def shards_of(engine, job_id: int) -> list[ShardSeen]:
+    """The job's shards as the database holds them, in order."""
+    from sqlmodel import Session, col, select
+
+    from backend.models import ResultRow, Shard
+
+    with Session(engine) as session:
+        shards = session.exec(select(Shard).where(Shard.job_id == job_id).order_by(col(Shard.number))).all()
+        stored = set(session.exec(select(ResultRow.index).where(ResultRow.job_id == job_id)).all())
+    return [ShardSeen(s.id, s.indices, [i for i in s.indices if i in stored], s.state.value, s.attempts)
+            for s in shards]
+
+
+def stored_rows(engine, job_id: int) -> int:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT count(*) FROM resultrow WHERE job_id = :j"), {"j": job_id}).scalar()
+
+
+def wait_for_shards(engine, job_id: int, condition, timeout: float = 60.0) -> list[ShardSeen]:
+    """Poll the database itself (often, unlike the progress figure) until condition(shards) holds."""
+    deadline = time.monotonic() + timeout
+    while not condition(shards := shards_of(engine, job_id)):
+        assert time.monotonic() < deadline, f"job {job_id} stuck: {shards}"
+        time.sleep(0.01)
+    return shards
+
+
+def assert_whole_groups(shards: list[ShardSeen], pack: int) -> None:
+    """The packed worker's invariant: a shard's pending inputs go in groups of ``pack`` (the last one may be
+    shorter), in order, each group stored in one transaction, so the rows a shard has stored are always a
+    prefix of its indices made of whole groups: a multiple of ``pack`` long, or the whole shard."""
+    for shard in shards:
+        assert shard.stored == shard.indices[:len(shard.stored)], shard
+        assert len(shard.stored) % pack == 0 or shard.stored == shard.indices, shard
+
+
+def test_a_killed_worker_s_packed_shard_resumes_at_a_group_boundary_with_the_same_certificates(service, model_id):
+    from tests.backend.conftest import SHARD_SIZE
+
+    pack, count = PACKED_SLOW["pack"], 8
+    assert SHARD_SIZE % pack == 0  # every group is whole, so whole groups are a multiple of pack in all
+    engine = create_engine(service.database_url)
+    try:
+        with service.client() as client:
+            job_id = start_job(client, model_id, subset={"count": count}, **PACKED_SLOW).json()["id"]
+            # kill as soon as a shard has stored its first group: (short of a stall of a whole group's time) the
+            # kill lands inside the shard's second group, which the resumed shard must regroup exactly as before
+            wait_for_shards(engine, job_id, lambda shards: any(
+                shard.state == "running" and 0 < len(shard.stored) < len(shard.indices) for shard in shards))
+            service.kill_worker()  # SIGKILL mid-shard: nothing gets to clean up
+            at_kill = shards_of(engine, job_id)
+            assert_whole_groups(at_kill, pack)
+            stored_at_kill = sum(len(shard.stored) for shard in at_kill)
+            assert pack <= stored_at_kill < count and stored_at_kill % pack == 0, at_kill
+            in_flight = [n for n, shard in enumerate(at_kill) if shard.state == "running"]
+            assert len(in_flight) == 1, at_kill  # one shard at a time (WORKER_MAX_JOBS = 1)
+
+            service.start_worker()
+            job = wait_for(client, job_id, lambda j: j["state"] in ("done", "failed"), timeout=120)
+            assert job["state"] == "done", job
+            rows = all_rows(client, job_id)
+            assert [r["index"] for r in rows] == list(range(count))
+            assert stored_rows(engine, job_id) == count  # each input once: no duplicate row after the resume
+            after = shards_of(engine, job_id)
+            assert all(shard.state == "done" and shard.stored == shard.indices for shard in after), after
+            assert after[in_flight[0]].attempts >= 2, after  # the shard the kill interrupted ran again
+
+            # seeds are per group (seed + the group's first index) and a resumed shard's pending inputs start at a
+            # group boundary, so the resumed job's certificates are an uninterrupted run's, bit for bit
+            fresh_id = start_job(client, model_id, subset={"count": count}, **PACKED_SLOW).json()["id"]
+            fresh = wait_for(client, fresh_id, lambda j: j["state"] in ("done", "failed"), timeout=120)
+            assert fresh["state"] == "done", fresh
+            assert all(shard.attempts == 1 for shard in shards_of(engine, fresh_id))
+            assert result_tuples(rows) == result_tuples(all_rows(client, fresh_id))
+    finally:
+        engine.dispose()
+
+
+def test_cancel_a_running_packed_job_between_groups(service, model_id):
+    import redis
+    from arq.constants import result_key_prefix
+
+    from backend.keys import SHARD_JOB_PREFIX
+    from tests.backend.conftest import SHARD_SIZE
+
+    pack, count = PACKED_SLOW["pack"], 16
+    assert SHARD_SIZE % pack == 0 and SHARD_SIZE // pack >= 2  # shards of two or more whole groups
+    engine = create_engine(service.database_url)
+    queue = redis.Redis.from_url(service.env["REDIS_URL"])
+    try:
+        with service.client() as client:
+            job_id = start_job(client, model_id, subset={"count": count}, **PACKED_SLOW).json()["id"]
+            # cancel once a group is stored and the next shard has begun: the worker is then in (or about to start)
+            # that shard's first group, so its second group is still to come and cancel must be read between them
+            wait_for_shards(engine, job_id, lambda shards: sum(len(shard.stored) for shard in shards) >= pack
+                            and any(shard.state == "running" and not shard.stored for shard in shards))
+            cancelled = client.post(f"/api/v1/jobs/{job_id}/cancel").json()
+            assert cancelled["state"] == "cancelled"
+            stored_at_cancel = stored_rows(engine, job_id)
+            # wait until every shard's task has returned (arq keeps each result): the one in flight once its group
+            # is stored, the queued ones at once; from then on nothing can store a row
+            results = [f"{result_key_prefix}{SHARD_JOB_PREFIX}{shard.id}" for shard in shards_of(engine, job_id)]
+            deadline = time.monotonic() + 60
+            while not all(queue.exists(key) for key in results):
+                assert time.monotonic() < deadline, f"the shards of job {job_id} did not stop"
+                time.sleep(0.05)
+            done = client.get(f"/api/v1/jobs/{job_id}").json()["progress"]["done"]
+            time.sleep(1.0)
+            after = client.get(f"/api/v1/jobs/{job_id}").json()
+        assert after["state"] == "cancelled" and after["progress"]["done"] == done < count
+        # cancel is read between groups: at most the group in flight at the cancel is stored after it, and whole
+        assert stored_at_cancel <= done <= stored_at_cancel + pack and done % pack == 0, (stored_at_cancel, done)
+        shards = shards_of(engine, job_id)
+        assert_whole_groups(shards, pack)
+        assert all(shard.state in ("done", "cancelled") for shard in shards), shards
+        assert all(shard.stored == shard.indices for shard in shards if shard.state == "done"), shards
+        assert sum(1 for shard in shards if shard.state == "cancelled" and shard.stored) <= 1, shards
+    finally:
+        queue.close()
+        engine.dispose()
 
 
 class Payload:
