@@ -23,6 +23,7 @@ from engine.metrics import (
     radius_grid,
 )
 from engine.models import UnsafeModelError, list_models, load_model
+from engine.models.loading import OnnxModel
 from engine.noise import make_noise
 from engine.options import ISSMode, Method, NoiseKind
 from engine.progress import progress_bar
@@ -134,6 +135,8 @@ def certify(
                                             "certificate is for the bf16 model")] = False,
     denoiser: Annotated[Path | None, typer.Option(help="denoiser checkpoint put in front of the model (told --sigma)")]
     = None,
+    compile: Annotated[bool, typer.Option("--compile", help="run the model through torch.compile: pays on long "
+                                                          "runs; the first batch waits for the compile")] = False,
 ) -> None:
     """Certify each selected input and write one JSON line per input, then print a summary."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -160,8 +163,10 @@ def certify(
         raise fail(f"the model cannot read {dataset} inputs of shape {tuple(data.x.shape[1:])}: {error}") from None
     if bf16 and not is_eager(net):
         raise fail("--bf16 converts PyTorch modules; a TorchScript archive fixes its precision")
+    if compile and (not is_eager(net) or isinstance(net, OnnxModel)):
+        raise fail("--compile compiles PyTorch modules; TorchScript and ONNX files are compiled graphs already")
     smoothed = SmoothedClassifier(net, classes, smoothing, channels_last=channels_last and is_eager(net),
-                                  dtype=torch.bfloat16 if bf16 else None)
+                                  dtype=torch.bfloat16 if bf16 else None, compile=compile)
     if bf16 and model_dtype(net) != torch.bfloat16:
         raise fail("--bf16 needs a model with floating-point weights to convert (this format fixes its precision)")
     schedule = None

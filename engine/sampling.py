@@ -58,6 +58,7 @@ def count_votes(
     *,
     generator: torch.Generator | None = None,
     channels_last: bool = False,
+    static_shapes: bool = False,
 ) -> torch.Tensor:
     """Counts of argmax F(x + e) over n draws e ~ noise (Cohen et al. 2019, Alg. 1 SAMPLEUNDERNOISE).
 
@@ -66,7 +67,7 @@ def count_votes(
     ``channels_last`` lays the noisy batch out as NHWC, for a model converted to that format.
     """
     return count_votes_many(model, x.unsqueeze(0), noise, n, num_classes, batch_size, generator=generator,
-                            channels_last=channels_last)[0]
+                            channels_last=channels_last, static_shapes=static_shapes)[0]
 
 
 def count_votes_many(
@@ -79,12 +80,15 @@ def count_votes_many(
     *,
     generator: torch.Generator | None = None,
     channels_last: bool = False,
+    static_shapes: bool = False,
 ) -> torch.Tensor:
     """Votes for several inputs at once: (len(xs), num_classes) int64 counts on the CPU.
 
     Batches are filled with noisy copies of consecutive inputs, so many small inputs (or small n)
     still fill the device. ``n`` is one sample count for all inputs or one per input. Sample j of
     the flattened run belongs to input searchsorted(cumsum(n), j), computed on the device.
+    ``static_shapes`` runs the model on the whole buffer even for a short last batch (its extra rows
+    are not counted): a compiled model then sees one batch shape and compiles once.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -116,7 +120,8 @@ def count_votes_many(
             sample_ids = steps[:b] + start
             owner = sample_ids // sizes[0] if uniform else torch.searchsorted(ends, sample_ids, right=True)
             batch.add_(xs[0] if m == 1 else xs[owner])
-            logits = model(batch if compute_dtype == torch.float32 else batch.to(compute_dtype))
+            inputs = buffer if static_shapes else batch
+            logits = model(inputs if compute_dtype == torch.float32 else inputs.to(compute_dtype))[:b]
             _check_logits(logits, num_classes)
             votes = logits.argmax(dim=1)
             counts.scatter_add_(0, owner * num_classes + votes, ones[:b])

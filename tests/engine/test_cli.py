@@ -216,3 +216,29 @@ def test_bf16_certifies_the_bf16_model_and_says_so(tmp_path):
     for row in read_rows(out):
         expected = reference.certify(x[row["index"]], 20, 500, 0.001, 250, seed=row["index"])
         assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
+
+
+def test_compile_gives_the_eager_certificates_and_compiles_once_per_batch_size(tmp_path):
+    from torch._dynamo.utils import counters
+
+    from engine.models import load_model
+    from engine.noise import Gaussian
+    from engine.smooth import SmoothedClassifier
+
+    weights = pathlib.Path(__file__).resolve().parents[2] / "models" / "demo" / "digits_cnn_gaussian_0.25.pt"
+    out = tmp_path / "compiled.jsonl"
+    torch._dynamo.reset()
+    counters.clear()
+    # n = 500 in batches of 200 ends on a short batch of 100: padded to 200, so shapes are n0's 20 and 200
+    args = ["certify", str(weights), "--sigma", "0.25", "--n0", "20", "--n", "500", "--batch-size", "200",
+            "--count", "3", "--seed", "0", "--compile", "--device", "cpu", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    eager = SmoothedClassifier(load_model(weights), 10, Gaussian(0.25), channels_last=True)
+    x = load_dataset("digits").x
+    rows = read_rows(out)
+    assert len(rows) == 3
+    for row in rows:
+        expected = eager.certify(x[row["index"]], 20, 500, 0.001, 200, seed=row["index"])
+        assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
