@@ -350,7 +350,9 @@ class RadialSetting:
             return np.where(hi > lo, np.maximum(pr, 0.0), 0.0)
 
         zeros = np.zeros(np.broadcast_shapes(level.shape, ell.shape, mu.shape, rho.shape))
-        if self.q_sigma is None and self.q_threshold is None:
+        if (self.q_sigma is None and self.q_threshold is None) or (self.q_sigma is not None and s1 > 0
+                                                                   and not np.any(mu)):
+            # no Q term (mu = 0 leaves Psi = phi - ell): one interval below phi^-1(level + ell)
             hi = phi_inv(level + ell, self.k) + zeros
             return np.sum(w * interval(zeros - np.inf, hi), axis=-1)
         if self.q_threshold is not None:
@@ -427,7 +429,11 @@ class RadialSetting:
             else:
                 right_end = np.full_like(level, right)
             if increasing:
-                x = _solve_increasing(psi_up, dpsi, np.full_like(level, left), right_end)
+                # start from Psi's root with the Q term frozen at phi^-1(level + ell): Newton then needs a few steps
+                guess = phi_inv(level + ell, self.k)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    guess = phi_inv(level + ell + np.log1p(np.maximum(mu * self.m(guess), -1.0 + 1e-16)), self.k)
+                x = _solve_increasing(psi_up, dpsi, np.full_like(level, left), right_end, start=guess)
                 inside = level > psi_left
                 start = 0.0 if left == floor and t0 == 0.0 else left
                 pieces.append((np.where(inside, start, 0.0), np.where(inside, x, 0.0)))
@@ -484,9 +490,11 @@ def _shifted_nodes(setting: RadialSetting, rho: float) -> tuple[np.ndarray, np.n
     return setting._shifted_nodes(rho)
 
 
-def _solve_increasing(f, df, lo: np.ndarray, hi: np.ndarray, iters: int = 200) -> np.ndarray:
+def _solve_increasing(f, df, lo: np.ndarray, hi: np.ndarray, iters: int = 200,
+                      start: np.ndarray | None = None) -> np.ndarray:
     """Element-wise root of an increasing f in [lo, hi] (f(lo) <= 0 <= f(hi); otherwise the end that f's
-    sign points to): Newton steps, a bisection whenever a step leaves the bracket, to full precision."""
+    sign points to): Newton steps from ``start`` (where inside the bracket), a bisection whenever a step
+    leaves the bracket, to full precision."""
     lo, hi = (np.array(v, dtype=float) for v in np.broadcast_arrays(lo, hi))
 
     def middle(lo, hi):  # geometric on t > 0: roots sit anywhere from 1e-8 to 1e4
@@ -496,7 +504,10 @@ def _solve_increasing(f, df, lo: np.ndarray, hi: np.ndarray, iters: int = 200) -
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         below, above = f(lo) > 0, ~(f(hi) > 0)  # no sign change: the root is that end
 
-    x = np.where(below, lo, np.where(above, hi, middle(lo, hi)))
+    x = middle(lo, hi)
+    if start is not None:
+        x = np.where((start > lo) & (start < hi), start, x)
+    x = np.where(below, lo, np.where(above, hi, x))
     settled = below | above
     for _ in range(iters):
         if settled.all():
