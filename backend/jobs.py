@@ -97,6 +97,12 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, shard_size:
             if used is not None and used.format is not None and used.format.value not in CONVERTIBLE_FORMATS:
                 raise Invalid(f"bf16 converts weights files ({', '.join(CONVERTIBLE_FORMATS)}); model {used.id} "
                               f"({used.name}) is {used.format.value}, whose precision is fixed in the file")
+    if job_in.config.compile:
+        for used in (model, denoiser if job_in.config.denoiser_id is not None else None):
+            if used is not None and used.format is not None and used.format.value not in COMPILABLE_FORMATS:
+                raise Invalid(f"compile runs PyTorch modules through torch.compile ({', '.join(COMPILABLE_FORMATS)} "
+                              f"files); model {used.id} ({used.name}) is {used.format.value}, a compiled graph "
+                              f"already")
     found = find_dataset(session=session, ref=job_in.dataset, owner=owner)
     if found is None:
         raise NotFound(f"dataset {job_in.dataset!r} not found")
@@ -179,6 +185,10 @@ def job_rows(*, session: Session, job: Job, offset: int = 0, limit: int | None =
 SUMMARY_RADIUS_STEP = 0.01
 # formats whose weights the worker rebuilds as PyTorch modules, and so can convert to bfloat16
 CONVERTIBLE_FORMATS = ("state_dict", "safetensors")
+# formats the worker loads as PyTorch modules that torch.compile can trace: weights files, and torch.export
+# programs (their module() compiles, the certificates those of the eager program); TorchScript archives and
+# ONNX graphs (run by onnxruntime) are compiled graphs already
+COMPILABLE_FORMATS = ("state_dict", "safetensors", "export")
 
 
 def count_rows(*, session: Session, job: Job) -> int:

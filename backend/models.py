@@ -182,6 +182,12 @@ class JobConfig(SQLModel):
     denoiser_id: int | None = None
     bf16: bool = Field(default=False, description="run the model (and denoiser) in bfloat16: faster on GPUs and "
                                                   "AVX512-BF16 CPUs; the certificate is for the bf16 model")
+    compile: bool = Field(default=False, description="run the model (with its denoiser) through torch.compile: pays on "
+                                                     "long runs, especially on GPUs; the first batch of each size "
+                                                     "waits for the compile. The certificates are those of the same "
+                                                     "function, up to floating-point rounding. PyTorch modules only "
+                                                     "(state_dict, safetensors and torch.export files); TorchScript "
+                                                     "and ONNX models are refused")
     seed: int | None = Field(default=None, description="input i uses seed + i; with pack > 1, each group of "
                                                        "inputs uses seed + the group's first index")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -63,26 +64,39 @@ class Resources:
         self.settings = settings
         self.device = settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")
         self.models: OrderedDict[Any, torch.nn.Module] = OrderedDict()
+        # torch.compile wrappers of compiled jobs' base classifiers, each over copies of its own
+        self.compiled: OrderedDict[Any, torch.nn.Module] = OrderedDict()
         self.datasets: OrderedDict[tuple[int, str, str], ImageDataset] = OrderedDict()
+        self.lock = threading.RLock()  # guards the caches
 
-    @staticmethod
-    def _remember(cache: OrderedDict, key: Any, make: Any) -> Any:
-        if key not in cache:
-            cache[key] = make()
-            while len(cache) > MODEL_CACHE_SIZE:
-                cache.popitem(last=False)
-        cache.move_to_end(key)
-        return cache[key]
+    def _remember(self, cache: OrderedDict, key: Any, make: Any) -> Any:
+        with self.lock:  # shards begin in threads (WORKER_MAX_JOBS > 1): one copy per key
+            if key not in cache:
+                cache[key] = make()
+                while len(cache) > MODEL_CACHE_SIZE:
+                    cache.popitem(last=False)
+            cache.move_to_end(key)
+            return cache[key]
+
+    def load(self, row: Model) -> torch.nn.Module:
+        return load_registered(row.path, format=row.format.value if row.format else None, arch=row.arch,
+                               num_classes=row.num_classes, input_shape=row.input_shape, input_max=row.input_max,
+                               mean=row.mean, std=row.std, device=self.device)
 
     def model(self, row: Model, key: Any = None) -> torch.nn.Module:
-        return self._remember(self.models, row.id if key is None else key, lambda: load_registered(
-            row.path, format=row.format.value if row.format else None, arch=row.arch, num_classes=row.num_classes,
-            input_shape=row.input_shape, input_max=row.input_max, mean=row.mean, std=row.std, device=self.device))
+        return self._remember(self.models, row.id if key is None else key, lambda: self.load(row))
 
     def base_classifier(self, session: Session, job: Job, config: JobConfig) -> torch.nn.Module:
-        """The job's model, or classifier(denoiser(x)) with the denoiser's noise level fixed to the job's sigma."""
+        """The job's model, or classifier(denoiser(x)) with the denoiser's noise level fixed to the job's sigma;
+        for a compiled job, that base classifier wrapped by torch.compile."""
         # a bf16 job converts its copies in place, so they are cached apart from the fp32 ones
         precision = "bf16" if config.bf16 else "fp32"
+        if config.compile:
+            # the wrapper is kept, so later shards of compiled jobs reuse the graphs it compiled (that is where
+            # compiling pays); it owns fresh copies, so an eager job never runs or converts a compiled job's model
+            sigma = None if config.denoiser_id is None else config.sigma
+            key = (job.model_id, config.denoiser_id, sigma, precision)
+            return self._remember(self.compiled, key, lambda: self._compile(session, job, config, key))
         net = self.model(session.get(Model, job.model_id), key=(job.model_id, precision))
         if config.denoiser_id is None:
             return net
@@ -90,6 +104,15 @@ class Resources:
         denoiser = self.model(session.get(Model, config.denoiser_id),
                               key=(config.denoiser_id, config.sigma, precision))
         return denoised_classifier(net, denoiser, config.sigma)
+
+    def _compile(self, session: Session, job: Job, config: JobConfig, key: Any) -> torch.nn.Module:
+        """torch.compile of the base classifier (the composed one for a denoised job), on fresh copies."""
+        net = self.load(session.get(Model, job.model_id))
+        if config.denoiser_id is not None:
+            net = denoised_classifier(net, self.load(session.get(Model, config.denoiser_id)), config.sigma)
+        log.info("base classifier wrapped in torch.compile", job=job.id, key=key)
+        # the graphs themselves are compiled by the first batch of each size, as SmoothedClassifier compiles
+        return torch.compile(net.eval(), dynamic=False)
 
     def dataset(self, session: Session, job: Job) -> ImageDataset:
         def load() -> ImageDataset:
@@ -124,8 +147,10 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
     d = data.x[0].numel()
     noise = make_noise(config.noise.value, config.sigma, k=config.k, d=d if config.k else None)
     eager = not isinstance(net, torch.jit.ScriptModule) and resources.device != "cpu"
+    # a compiled job's net is the cached torch.compile wrapper: SmoothedClassifier keeps it (converting the
+    # module inside it on its first shard) and feeds it batches of one shape per size
     smoothed = SmoothedClassifier(net, classes, noise, channels_last=eager,
-                                  dtype=torch.bfloat16 if config.bf16 else None)
+                                  dtype=torch.bfloat16 if config.bf16 else None, compile=config.compile)
     return ShardWork(shard, config, smoothed, data, sample_schedule(config),
                      [i for i in shard.indices if i not in stored])
 

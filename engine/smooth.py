@@ -83,7 +83,9 @@ class SmoothedClassifier:
         classifier, the function that was sampled, so it stays sound; its radii can differ from fp32's.
 
         ``compile=True`` runs the model through ``torch.compile`` (after the conversions above) and feeds
-        it batches of one shape, so it compiles once per batch size; the first call pays the compile.
+        it batches of one shape, so it compiles once per batch size; the first call pays the compile. A
+        module that ``torch.compile`` wrapped already is kept as it is, so a caller that keeps the wrapper
+        (a worker, across shards) keeps the graphs it compiled.
         """
         if noise.threshold is not None:
             raise ValueError("the smoothing distribution P must not be truncated; truncation is DSRS's Q")
@@ -98,7 +100,7 @@ class SmoothedClassifier:
             if channels_last:
                 model.to(memory_format=torch.channels_last)
         self.compiled = compile
-        if compile:
+        if compile and not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
             self.model = torch.compile(model, dynamic=False)
 
     @property

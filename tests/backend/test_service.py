@@ -519,14 +519,15 @@ def denoised_pair(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def engine_rows(net: torch.nn.Module, count: int, schedule=None, groups: list[list[int]] | None = None,
-                **config) -> list[tuple]:
+                compile: bool = False, **config) -> list[tuple]:
     """The engine alone on digits 0..count-1 at FAST_CONFIG updated by ``config``, seed + index; with
-    ``groups``, certify_many on each group (of those inputs, in order) with seed + the group's first index."""
+    ``groups``, certify_many on each group (of those inputs, in order) with seed + the group's first index;
+    ``compile`` runs ``net`` through torch.compile (compiled under one thread, as in the worker)."""
     from engine.noise import Gaussian
     from engine.smooth import SmoothedClassifier
 
     c = {**FAST_CONFIG, **config}
-    smoothed = SmoothedClassifier(net, 10, Gaussian(c["sigma"]))
+    smoothed = SmoothedClassifier(net, 10, Gaussian(c["sigma"]), compile=compile)
     x = load_dataset("digits").x
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker (OMP_NUM_THREADS=1): the same kernels, the same floats
@@ -667,3 +668,43 @@ def test_a_bf16_job_certifies_the_bf16_model_and_is_refused_for_fixed_precision_
             jobs[bf16] = result_tuples(all_rows(client, job["id"]))
     assert jobs[False] == engine_rows(load_model(classifier_path), 6)
     assert jobs[True] == engine_rows(load_model(classifier_path).to(torch.bfloat16), 6)
+
+
+def compiles_logged(service) -> int:
+    """How many torch.compile wrappers the service's workers made (each logs it once)."""
+    return sum(p.read_text(errors="replace").count("base classifier wrapped in torch.compile")
+               for p in service.logs.glob("worker-*.log"))
+
+
+def test_a_compiled_job_certifies_through_torch_compile_and_never_shares_its_model_with_eager_jobs(
+        service, model_id, denoised_pair):
+    from engine.models import load_model
+
+    classifier_path, _ = denoised_pair
+    with service.client() as client:
+        response = start_job(client, model_id, compile=True)
+        assert response.status_code == 422, response.text
+        assert "is torchscript, a compiled graph already" in response.json()["detail"]
+        classifier = upload_model(client, classifier_path, {"name": "digits-cnn-compiled", "arch": "digits_cnn",
+                                                            "input_shape": [1, 8, 8], "num_classes": 10})
+        assert classifier.status_code == 201, classifier.text
+        made = compiles_logged(service)
+        jobs = []
+        # compiled, then eager on the same model (it must not run the compiled copy), then compiled again;
+        # six inputs are two shards (SHARD_SIZE 4), so each compiled job runs its wrapper in two shards
+        for compiled in (True, False, True):
+            created = start_job(client, classifier.json()["id"], compile=compiled)
+            assert created.status_code == 201, created.text
+            # the first batch of each size (n0's 20, n's 100) waits for its compile: tens of seconds on a CPU
+            job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("done", "failed"), timeout=240)
+            assert job["state"] == "done" and job["config"]["compile"] is compiled, job
+            jobs.append(result_tuples(all_rows(client, job["id"])))
+    # one wrapper served both compiled jobs' four shards: its graphs were compiled once
+    assert compiles_logged(service) - made == 1
+    # Compared with the engine compiled the same way (as the bf16 test compares with the engine's bf16 model):
+    # inductor's kernels may round differently from eager ones, so the compiled function is the reference. Both
+    # compile under one thread (inductor's CPU code depends on the thread count) and inductor's graph cache may
+    # even hand the engine the worker's kernels.
+    compiled_rows = engine_rows(load_model(classifier_path), 6, compile=True)
+    assert jobs[0] == jobs[2] == compiled_rows
+    assert jobs[1] == engine_rows(load_model(classifier_path), 6)

@@ -232,3 +232,20 @@ def test_certify_many_packs_inputs_and_keeps_each_certificate_sound():
     packed = SmoothedClassifier(easy, 2, Gaussian(SIGMA)).certify_many(torch.stack([x_easy] * 4), 100, 20_000, 0.001,
                                                                         1000, schedule=schedule, seed=1)
     assert all(r.prediction == 1 and (r.samples - 100) % 200 == 0 and r.samples < 5000 for r in packed)
+
+
+def test_compile_keeps_a_module_compiled_already_and_its_graphs():
+    # a worker keeps one torch.compile wrapper across shards: SmoothedClassifier must not wrap it again
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, x = linear_case(0.8, seed=1)
+    wrapper = torch.compile(model, dynamic=False)
+    eager = SmoothedClassifier(model, 2, Gaussian(SIGMA)).certify(x, 20, 250, 0.001, 100, seed=0)
+    for _ in range(2):  # a second smoothed classifier on the same wrapper compiles nothing more
+        smooth = SmoothedClassifier(wrapper, 2, Gaussian(SIGMA), compile=True)
+        assert smooth.model is wrapper and smooth.compiled
+        r = smooth.certify(x, 20, 250, 0.001, 100, seed=0)
+        assert (r.prediction, r.radius) == (eager.prediction, eager.radius)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])  # batches of 20 and of 100

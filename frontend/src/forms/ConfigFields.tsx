@@ -3,6 +3,9 @@ import { readDatasetsApiV1DatasetsGetOptions, readModelsApiV1ModelsGetOptions } 
 import { Field } from './Field';
 import type { ConfigValues, Errors } from './validation';
 
+/** The config fields typed into a text input (the others are selects and a checkbox). */
+type TextField = { [K in keyof ConfigValues]: ConfigValues[K] extends string ? K : never }[keyof ConfigValues];
+
 /** The certification config inputs, shared by the add-model and certify forms. */
 export function ConfigFields({ values, errors, onChange }: {
   values: ConfigValues; errors: Errors; onChange: (patch: Partial<ConfigValues>) => void;
@@ -10,7 +13,7 @@ export function ConfigFields({ values, errors, onChange }: {
   const datasets = useQuery(readDatasetsApiV1DatasetsGetOptions());
   const models = useQuery(readModelsApiV1ModelsGetOptions());
   const denoisers = (models.data?.data ?? []).filter((m) => m.kind === 'denoiser');
-  const text = (name: keyof ConfigValues, label: string, hint?: string, inputMode: 'numeric' | 'decimal' = 'decimal') => (
+  const text = (name: TextField, label: string, hint?: string, inputMode: 'numeric' | 'decimal' = 'decimal') => (
     <Field name={name} label={label} error={errors[name]} hint={hint}>
       <input id={`f-${name}`} name={name} inputMode={inputMode} value={values[name]}
              aria-invalid={!!errors[name]} onChange={(e) => onChange({ [name]: e.target.value })} />
@@ -61,6 +64,11 @@ export function ConfigFields({ values, errors, onChange }: {
             <option value="fp32">float32</option>
             <option value="bf16">bfloat16</option>
           </select>
+        </Field>
+        <Field name="compile" label="Compile (torch.compile)" error={errors.compile}
+               hint="pays on long runs, especially on GPUs; the first batch of each size waits for the compile (weights and .pt2 files only)">
+          <input type="checkbox" id="f-compile" name="compile" checked={values.compile}
+                 aria-invalid={!!errors.compile} onChange={(e) => onChange({ compile: e.target.checked })} />
         </Field>
         <Field name="denoiser_id" label="Denoiser" error={errors.denoiser_id}>
           <select id="f-denoiser_id" name="denoiser_id" value={values.denoiser_id}

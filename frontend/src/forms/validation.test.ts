@@ -96,6 +96,12 @@ describe('validateConfig', () => {
     expect(jobCreate(1, defaultConfigValues).config?.bf16).toBe(false);
     expect(jobCreate(1, { ...defaultConfigValues, precision: 'bf16' }).config?.bf16).toBe(true);
   });
+  it('asks for torch.compile only when ticked, with either precision', () => {
+    expect(jobCreate(1, defaultConfigValues).config?.compile).toBe(false);
+    expect(jobCreate(1, { ...defaultConfigValues, compile: true }).config).toMatchObject({ compile: true, bf16: false });
+    expect(jobCreate(1, { ...defaultConfigValues, compile: true, precision: 'bf16' }).config)
+      .toMatchObject({ compile: true, bf16: true });
+  });
 });
 
 describe('fieldErrorsFrom422', () => {
