@@ -16,7 +16,7 @@ sound. Soundness rests on the integrals, which carry an explicit quadrature-erro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -99,6 +99,47 @@ class WarmStart:
     interior: tuple[float, float] | None = None
     upper: tuple[float, float] | None = None  # lambda2 < 0 (Q's upper bound binds)
     negative: tuple[float, float] | None = None  # lambda1 < 0
+    branch: str | None = None  # which of the three held the last optimum, both constraints binding
+    trail: list[tuple[float, float, float]] = field(default_factory=list)  # (rho, ell, mu) on that branch
+
+    def predict(self, rho: float, start: tuple[float, float]) -> tuple[float, float]:
+        """Multipliers at rho extrapolated linearly from the last two optima on this branch."""
+        if len(self.trail) < 2:
+            return start
+        (r0, e0, m0), (r1, e1, m1) = self.trail[-2:]
+        if r1 == r0:
+            return start
+        t = (rho - r1) / (r1 - r0)
+        return e1 + t * (e1 - e0), m1 + t * (m1 - m0)
+
+
+def _binding_optimum(setting: RadialSetting, rho: float, p_bounds: tuple[float, float],
+                     q_bounds: tuple[float, float], warm: WarmStart,
+                     newton_iters: int) -> tuple[float, float, float, float] | None:
+    """The optimum at this radius when it keeps the previous radius's binding constraints.
+
+    Newton from the previous multipliers on the same two binding constraints; if it converges with
+    multipliers of that branch's signs, the point satisfies the KKT conditions of the (concave) dual,
+    so it is the dual optimum and the other candidates need not be computed. None otherwise.
+    """
+    (p_lower, p_upper), (q_lower, q_upper) = p_bounds, q_bounds
+    floor = -setting.q_threshold * (1.0 - 1e-9) if setting.q_threshold is not None else -np.inf
+    branches = {
+        "interior": (warm.interior, 1.0, p_lower, q_lower, lambda m: m >= 0),
+        "upper": (warm.upper, 1.0, p_lower, q_upper, lambda m: floor < m <= 0),
+        "negative": (warm.negative, -1.0, p_upper, q_lower, lambda m: m > 0),
+    }
+    if warm.branch not in branches or branches[warm.branch][0] is None:
+        return None
+    start, s1, b1, b2, sign_ok = branches[warm.branch]
+    guess = warm.predict(rho, start)
+    ell, mu, res = _newton(setting, rho, *(guess if sign_ok(guess[1]) else start), s1, b1, b2, sign_ok, newton_iters)
+    if not (res < 1e-10 and sign_ok(mu)):
+        warm.trail.clear()
+        return None
+    setattr(warm, warm.branch, (ell, mu))
+    warm.trail.append((rho, ell, mu))
+    return _dual_bound(setting, rho, ell, mu, b1, b2, s1), ell, mu, s1
 
 
 def dsrs_shifted_lower_bound(
@@ -119,6 +160,11 @@ def dsrs_shifted_lower_bound(
     p_lower, p_upper = p_bounds
     q_lower, q_upper = q_bounds
     rho = r / setting.scale
+    best = _binding_optimum(setting, rho, p_bounds, q_bounds, warm, newton_iters)
+    if best is not None and math.isfinite(best[0]):
+        return best
+    warm.branch = None
+    warm.trail.clear()
     ell0 = warm.ell0 = solve_ell(setting, rho, p_lower, guess=warm.ell0)
     q0 = float(setting.q_mass(rho, ell0, 0.0))
     candidates = [(_dual_bound(setting, rho, ell0, 0.0, p_lower, 0.0), ell0, 0.0, 1.0)]
@@ -128,7 +174,7 @@ def dsrs_shifted_lower_bound(
         floor = -setting.q_threshold * (1.0 - 1e-9) if setting.q_threshold is not None else -np.inf
         start = warm.upper or (ell0, 0.0)
         ell, mu, res = _newton(setting, rho, *start, 1.0, p_lower, q_upper, lambda m: floor < m <= 0, newton_iters)
-        warm.upper = (ell, mu)
+        warm.upper, warm.branch = (ell, mu), "upper" if res < 1e-10 else None
         candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_upper), ell, mu, 1.0))
     else:  # lambda2 > 0: Q(R) must rise to qL; which face binds is read off the lambda1 = 0 region
         face = pure_q_bound(setting, rho, q_lower, guess=warm.gamma)
@@ -139,8 +185,8 @@ def dsrs_shifted_lower_bound(
             p_face = setting.pure_q_centred_mass(rho, face[1], under_p=True)
         if p_face < p_lower:  # interior optimum: P's lower bound binds, lambda1 > 0
             start = warm.interior or (ell0, 0.0)
-            ell, mu, _ = _newton(setting, rho, *start, 1.0, p_lower, q_lower, lambda m: m >= 0, newton_iters)
-            warm.interior = (ell, mu)
+            ell, mu, res = _newton(setting, rho, *start, 1.0, p_lower, q_lower, lambda m: m >= 0, newton_iters)
+            warm.interior, warm.branch = (ell, mu), "interior" if res < 1e-10 else None
             candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_lower), ell, mu, 1.0))
         elif p_face > p_upper:  # P's upper bound binds: lambda1 < 0; Newton from points near the face
             starts = [warm.negative] if warm.negative else []
@@ -149,10 +195,13 @@ def dsrs_shifted_lower_bound(
                 ell, mu, res = _newton(setting, rho, *start, -1.0, p_upper, q_lower, lambda m: m > 0, newton_iters)
                 candidates.append((_dual_bound(setting, rho, ell, mu, p_upper, q_lower, -1.0), ell, mu, -1.0))
                 if res < 1e-9:
-                    warm.negative = (ell, mu)
+                    warm.negative, warm.branch = (ell, mu), "negative" if res < 1e-10 else None
                     break
         # else: the face region itself meets both intervals, so its bound is the optimum
-    return max((c for c in candidates if math.isfinite(c[0])), key=lambda c: c[0])
+    best = max((c for c in candidates if math.isfinite(c[0])), key=lambda c: c[0])
+    if warm.branch is not None:
+        warm.trail.append((rho, *getattr(warm, warm.branch)))
+    return best
 
 
 def pure_q_bound(setting: RadialSetting, rho: float, q_lower: float,
