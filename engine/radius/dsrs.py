@@ -57,6 +57,13 @@ def _dual_bound(setting: RadialSetting, rho: float, ell: float, mu: float, b1: f
 def _newton(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float, b1: float, b2: float,
             mu_ok, iters: int) -> tuple[float, float, float]:
     """Damped Newton on (P(R) - b1, Q(R) - b2) = 0 over (ell, mu), keeping mu_ok(mu). Returns (ell, mu, residual)."""
+    ell, mu, f = _newton_steps(setting, rho, ell, mu, s1, b1, b2, mu_ok, iters)
+    return ell, mu, float(np.abs(f).max())
+
+
+def _newton_steps(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float, b1: float, b2: float,
+                  mu_ok, iters: int) -> tuple[float, float, np.ndarray]:
+    """``_newton``, returning the residuals (P(R) - b1, Q(R) - b2) at the last point themselves."""
 
     def residual(ell: float, mu: float):
         p, p_ell, p_mu = setting.p_mass(rho, ell, mu, grad=True, s1=s1)
@@ -86,7 +93,7 @@ def _newton(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float
         if not improved:
             break
         ell, mu, f, jac = new_ell, new_mu, new_f, new_jac
-    return ell, mu, float(np.abs(f).max())
+    return ell, mu, f
 
 
 @dataclass
@@ -133,13 +140,16 @@ def _binding_optimum(setting: RadialSetting, rho: float, p_bounds: tuple[float, 
         return None
     start, s1, b1, b2, sign_ok = branches[warm.branch]
     guess = warm.predict(rho, start)
-    ell, mu, res = _newton(setting, rho, *(guess if sign_ok(guess[1]) else start), s1, b1, b2, sign_ok, newton_iters)
-    if not (res < 1e-10 and sign_ok(mu)):
+    ell, mu, f = _newton_steps(setting, rho, *(guess if sign_ok(guess[1]) else start), s1, b1, b2, sign_ok,
+                               newton_iters)
+    if not (float(np.abs(f).max()) < 1e-10 and sign_ok(mu) and -700.0 < ell < 700.0):
         warm.trail.clear()
         return None
     setattr(warm, warm.branch, (ell, mu))
     warm.trail.append((rho, ell, mu))
-    return _dual_bound(setting, rho, ell, mu, b1, b2, s1), ell, mu, s1
+    # the dual bound, with P(R) and Q(R) taken from Newton's last residuals rather than integrated again
+    shifted = float(setting.shifted_mass(rho, ell, mu, s1))
+    return shifted - math.exp(ell) * (s1 * float(f[0]) + mu * float(f[1])), ell, mu, s1
 
 
 def dsrs_shifted_lower_bound(
