@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+from scipy.special import gammainc, gammaincc, gammainccinv, gammaincinv
 
 from engine.radius.np import (
     SEARCH_MARGIN,
@@ -41,6 +42,32 @@ def dsrs_threshold_heuristic(p_lower: float) -> float:
         return 0.5
     t = 0.08 * (-math.log(max(1.0 - p_lower, 1e-300)) - 5.0) + 0.6
     return min(max(t, 0.01), 0.99)
+
+
+def intervals_consistent(setting: RadialSetting, p_bounds: tuple[float, float],
+                         q_bounds: tuple[float, float], tolerance: float = 1e-9) -> bool:
+    """Whether some region A has P(A) in [pL, pU] and Q(A) in [qL, qU]: whether the primal of Li et al.
+    2022, Thm. 2 is feasible at all.
+
+    The pairs (P(A), Q(A)) fill the convex region between two Neyman-Pearson curves: the least Q for a
+    given P from the sets where q / p is smallest, the most from those where it is largest. q / p falls
+    with the radius for both kinds of Q, so those sets are shells and balls, and the rectangle meets the
+    region iff Q_min(pL) <= qU and Q_max(pU) >= qL. Otherwise no classifier has both probabilities in
+    its intervals: the confidence event has failed, and the dual "bound" (weak duality over an empty
+    set) certifies anything. A pair within ``tolerance`` of the edge counts as consistent: exact facts
+    about a ball lie on it (the ball is that edge's set), and there the dual is bounded.
+    """
+    (p_lower, p_upper), (q_lower, q_upper) = p_bounds, q_bounds
+    shape = setting.shape
+    if setting.q_threshold is not None:
+        thr = setting.q_threshold
+        q_min = max(0.0, thr - (1.0 - p_lower)) / thr  # Q's mass sits in the ball t <= t_cut, P's share thr
+        q_max = min(p_upper, thr) / thr
+    else:
+        ratio = (setting.sigma / setting.q_sigma) ** 2  # type: ignore[operator]
+        q_min = float(gammaincc(shape, gammainccinv(shape, p_lower) * ratio))  # the shell P(t > t*) = pL
+        q_max = float(gammainc(shape, gammaincinv(shape, p_upper) * ratio))  # the ball P(t < t') = pU
+    return q_min <= q_upper + tolerance and q_max >= q_lower - tolerance
 
 
 def _dual_bound(setting: RadialSetting, rho: float, ell: float, mu: float, b1: float, b2: float,
@@ -269,6 +296,8 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
     if p_lower <= 0.5:
         return 0.0, None
     exact = radial_setting(d, k, sigma, q_sigma, q_threshold)
+    if not intervals_consistent(exact, (p_lower, p_upper), (q_lower, q_upper)):
+        return r_np, None  # no classifier meets both intervals: P's alone still certifies NP's radius
     coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48)
     search = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48, tabulated=True)
     p_lower = min(p_lower, 1.0 - 1e-15)

@@ -11,7 +11,7 @@ from scipy.special import ndtri
 
 from bench.reference_radius import cold_dsrs_radius
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
-from engine.radius.dsrs import _dsrs_certificate, dsrs_shifted_lower_bound
+from engine.radius.dsrs import _dsrs_certificate, dsrs_shifted_lower_bound, intervals_consistent
 from engine.radius.np import (
     _general_gaussian_np_radius,
     checked_bound,
@@ -307,7 +307,9 @@ def test_fast_dsrs_equals_a_cold_untabulated_search(q: dict) -> None:
     # optima that a cold start can miss, and any multipliers give a valid bound), and must hold
     # under a much finer rule at the multipliers that certified it.
     d, k = 3072, 1530
-    for p_b, q_b in [((0.8, 0.81), (0.85, 0.86)), ((0.95, 0.96), (0.9, 0.92)), ((0.7, 0.72), (0.5, 0.55))]:
+    setting = radial_setting(d, k, SIGMA, q.get("q_sigma"), q.get("q_threshold"))
+    for p_b, q_b in [((0.8, 0.81), (0.85, 0.86)), ((0.95, 0.96), (0.95, 0.96)), ((0.7, 0.72), (0.65, 0.7))]:
+        assert intervals_consistent(setting, p_b, q_b)
         ours = dsrs_radius(p_b, q_b, d=d, k=k, sigma=SIGMA, **q)
         cold = cold_dsrs_radius(p_b, q_b, d=d, k=k, sigma=SIGMA, **q)
         assert ours >= cold - 1e-4, (p_b, q_b, ours, cold)
@@ -328,3 +330,41 @@ def test_truncated_q_shifted_integral_resolves_the_cut() -> None:
     assert abs(values[1] - values[4]) < 1e-7, values
     t, w = RadialSetting(d=3072, k=1530, sigma=SIGMA, q_threshold=0.7).shifted_nodes(0.1)
     assert w.sum() == pytest.approx(1.0, abs=1e-14) and (w * t).sum() == pytest.approx(6.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("q,p_b,q_b", [
+    ({"q_sigma": 0.45}, (0.9, 0.91), (0.5, 0.52)),  # P's shell of mass 0.9 already holds more than 0.52 of Q
+    ({"q_threshold": 0.7}, (0.95, 0.96), (0.9, 0.92)),  # A misses <= 0.05 of P, so Q(A) >= 0.65 / 0.7
+])
+def test_inconsistent_intervals_certify_only_the_np_radius(q: dict, p_b: tuple, q_b: tuple) -> None:
+    # No region has both probabilities in these intervals, so the confidence event has failed and weak
+    # duality bounds an empty set: the search alone "certified" radii up to 985 here. Only P's
+    # interval, valid on its own, may certify: NP's radius.
+    d, k = 3072, 1530
+    assert not intervals_consistent(radial_setting(d, k, SIGMA, q.get("q_sigma"), q.get("q_threshold")), p_b, q_b)
+    r_np = np_radius(p_b[0], sigma=SIGMA, noise="general_gaussian", d=d, k=k)
+    assert dsrs_radius(p_b, q_b, d=d, k=k, sigma=SIGMA, **q) == r_np
+    assert cold_dsrs_radius(p_b, q_b, d=d, k=k, sigma=SIGMA, **q) > r_np + 0.05  # what the bare search claims
+
+
+def test_feasibility_edges_match_sampled_noise() -> None:
+    # Q_max(p) is Q's mass on P's ball of mass p (Q_min: on P's shell of mass p). Draw both laws with the
+    # engine's own samplers and measure those masses directly.
+    import torch
+
+    from engine.noise import make_noise
+
+    d, k, count = 64, 20, 200_000
+    setting = radial_setting(d, k, SIGMA, 0.4)
+    generator = torch.Generator().manual_seed(0)
+    p_draws = make_noise("general_gaussian", SIGMA, k=k, d=d).sample(count, (d,), generator=generator)
+    q_draws = make_noise("general_gaussian", 0.4, k=k, d=d).sample(count, (d,), generator=generator)
+    p_sq, q_sq = (p_draws**2).sum(1).double().numpy(), (q_draws**2).sum(1).double().numpy()
+    for p in (0.3, 0.8):
+        edge = float(np.quantile(p_sq, p))  # P's ball of mass p, in ||e||^2
+        q_ball = float(np.mean(q_sq < edge))
+        assert intervals_consistent(setting, (0.0, p), (q_ball - 0.01, 1.0))
+        assert not intervals_consistent(setting, (0.0, p), (q_ball + 0.01, 1.0))
+        q_shell = float(np.mean(q_sq > float(np.quantile(p_sq, 1.0 - p))))
+        assert intervals_consistent(setting, (p, 1.0), (0.0, q_shell + 0.01))
+        assert not intervals_consistent(setting, (p, 1.0), (0.0, q_shell - 0.01))
