@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from engine.radius import np_radius
 from engine.radius.dsrs import dsrs_shifted_lower_bound
-from engine.radius.np import SEARCH_MARGIN, checked_bound, radial_setting
+from engine.radius.np import COARSE_PANELS, SEARCH_MARGIN, checked_bound, radial_setting
 from engine.radius.search import largest_certified_radius
 
 
 def cold_dsrs_radius(p_bounds: tuple[float, float], q_bounds: tuple[float, float], *, d: int, k: int,
                      sigma: float, q_sigma: float | None = None, q_threshold: float | None = None) -> float:
     exact = radial_setting(d, k, sigma, q_sigma, q_threshold)
-    coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48)
+    coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=COARSE_PANELS)
     r_np = np_radius(p_bounds[0], sigma=sigma, noise="general_gaussian" if k else "gaussian", d=d, k=k)
     if p_bounds[0] <= 0.5:
         return 0.0

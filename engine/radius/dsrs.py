@@ -23,6 +23,7 @@ import numpy as np
 from scipy.special import gammainc, gammaincc, gammainccinv, gammaincinv
 
 from engine.radius.np import (
+    COARSE_PANELS,
     SEARCH_MARGIN,
     checked_bound,
     np_radius,
@@ -298,7 +299,7 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
     exact = radial_setting(d, k, sigma, q_sigma, q_threshold)
     if not intervals_consistent(exact, (p_lower, p_upper), (q_lower, q_upper)):
         return r_np, None  # no classifier meets both intervals: P's alone still certifies NP's radius
-    coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48)
+    coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=COARSE_PANELS)
     search = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48, tabulated=True)
     p_lower = min(p_lower, 1.0 - 1e-15)
     bounds_p, bounds_q = (p_lower, p_upper), (q_lower, q_upper)
@@ -317,7 +318,8 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
 
     r = largest_certified_radius(margin, r_np, max(0.05 * sigma, 0.1 * r_np), xtol=1e-6)
     # certify on the exact rule with the quadrature error allowance, at the multipliers the search
-    # found; step down until it holds, never below NP
+    # found; step down (by 1e-6 r, doubling) until it holds, never below NP
+    step = 1e-6 * max(r, 1e-3)
     for _ in range(40):
         if r <= r_np:
             return r_np, None
@@ -329,5 +331,5 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
                 return float(r), (ell, mu, s1)
         except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             pass
-        r -= max(1e-6, 1e-4 * r)
+        r, step = r - step, 2.0 * step
     return r_np, None

@@ -17,6 +17,9 @@ from engine.radius.search import increasing_root, largest_certified_radius
 # Quadrature error allowance on the shifted probability while searching; the final radius is
 # re-checked with an explicit error estimate from a coarser rule.
 SEARCH_MARGIN = 1e-9
+# The coarse rule of the quadrature allowance. 61 panels do not nest in the fine rule's 96: nested rules
+# share their panel edges and can step over the same narrow feature alike, agreeing while both are wrong.
+COARSE_PANELS = 61
 
 
 @lru_cache(maxsize=32)
@@ -167,7 +170,7 @@ def np_curve(d: int, k: int, sigma: float, step: float = 0.02, z_max: float = 6.
 @lru_cache(maxsize=4096)
 def _general_gaussian_np_radius(p_lower: float, d: int, k: int, sigma: float) -> float:
     exact = radial_setting(d, k, sigma)
-    coarse = radial_setting(d, k, sigma, panels=48)
+    coarse = radial_setting(d, k, sigma, panels=COARSE_PANELS)
     p_lower = min(p_lower, 1.0 - 1e-15)
     # the tabulated edge, a hair inside, certified on the exact rule: one check instead of a search
     found = np_curve(d, k, sigma).at(p_lower)
@@ -195,12 +198,14 @@ def _searched_np_radius(p_lower: float, exact: RadialSetting, coarse: RadialSett
 
     guess = gaussian_np_radius(p_lower, sigma)
     r = largest_certified_radius(margin, 0.0, max(0.25 * guess, 1e-3), xtol=1e-7)
-    # certify on the exact rule with the quadrature error allowance; step down until it holds
+    # certify on the exact rule with the quadrature error allowance; step down (by 1e-6 r, doubling)
+    # until it holds
+    step = 1e-6 * max(r, 1e-3)
     for _ in range(60):
         if r <= 0:
             return 0.0
         ell = ells[r] if r in ells else solve(r)[1]
         if checked_bound(exact, coarse, r, ell, b1=p_lower) >= 0.5:
             return float(r)
-        r -= max(1e-6, 1e-4 * r)
+        r, step = r - step, 2.0 * step
     return 0.0

@@ -13,6 +13,7 @@ from bench.reference_radius import cold_dsrs_radius
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
 from engine.radius.dsrs import _dsrs_certificate, dsrs_shifted_lower_bound, intervals_consistent
 from engine.radius.np import (
+    COARSE_PANELS,
     _general_gaussian_np_radius,
     checked_bound,
     np_shifted_lower_bound,
@@ -291,7 +292,7 @@ def test_increasing_root_from_a_guess_and_without_a_root() -> None:
 def test_tabulated_np_edge_equals_the_search(d: int, k: int) -> None:
     from engine.radius.np import _searched_np_radius, np_curve
 
-    exact, coarse = radial_setting(d, k, SIGMA), radial_setting(d, k, SIGMA, panels=48)
+    exact, coarse = radial_setting(d, k, SIGMA), radial_setting(d, k, SIGMA, panels=COARSE_PANELS)
     search = radial_setting(d, k, SIGMA, tabulated=True)
     assert np_curve(d, k, SIGMA).at(0.9) is not None
     fine = RadialSetting(d=d, k=k, sigma=SIGMA, panels=400, order=16)
