@@ -177,16 +177,17 @@ class RadialSetting:
     def p_nodes(self) -> tuple[np.ndarray, np.ndarray]:
         return radial_nodes(self.shape, 1.0, self.panels, self.order, self.q_threshold)
 
-    def shifted_nodes(self, rho: float) -> tuple[np.ndarray, np.ndarray]:
-        return _shifted_nodes(self, rho)
+    def shifted_nodes(self, rho: float, kinks: tuple[float, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+        return _shifted_nodes(self, rho, tuple(sorted(k for k in kinks if math.isfinite(k) and k > 0.0)))
 
-    def _shifted_nodes(self, rho: float) -> tuple[np.ndarray, np.ndarray]:
+    def _shifted_nodes(self, rho: float, kinks: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
         """P's radial nodes (in t_v) for integrals under the shifted P.
 
         With a truncated Q the region jumps at t_u = t_cut, and t_u = t_v + rho^2 + 2 sqrt(t_v) rho c with
         the cosine c within 40/sqrt(d) of 0 (40 sd): over that band of t_v the integrand falls steeply
         (a width of ~rho/sqrt(d)), which panels placed by P's CDF alone step over, fine and coarse rule
-        alike. The band gets its own dense Gauss-Legendre panels; P's rule covers the rest.
+        alike. The band gets its own dense Gauss-Legendre panels; P's rule covers the rest. ``kinks``
+        (t_v where an interval's end switches between its own curve and t_cut) become panel edges.
         """
         if self.q_threshold is None:
             return self.p_nodes
@@ -195,26 +196,42 @@ class RadialSetting:
         if inner <= 0.0:
             return self.p_nodes
         a, b = max(0.0, math.sqrt(inner) - reach) ** 2, (math.sqrt(inner) + reach) ** 2
-        # P's panels (edges in the CDF's logit) that miss the band stay; those it covers go; one that
-        # straddles an end keeps its outer part as a new panel
+        # P's panels (edges in the CDF's logit) that miss the band and every kink stay; the band's go;
+        # the rest keep their parts outside the band, split at the kinks, as new panels
         edges, (t, w) = self._p_edges, self.p_nodes
         xa, xb = _logit_of_cdf(a, self.shape), _logit_of_cdf(b, self.shape)
+        xk = [_logit_of_cdf(k, self.shape) for k in kinks if not a < k < b]
         lo, hi = edges[:-1], edges[1:]
-        keep = np.repeat((hi <= xa) | (lo >= xb), self.order)
-        cut = [(max(l, -_LOGIT_SPAN), min(h, xa)) for l, h in zip(lo, hi) if l < xa < h]
-        cut += [(max(l, xb), h) for l, h in zip(lo, hi) if l < xb < h]
+        touched = np.array([any(l < x < h for x in (xa, xb, *xk)) for l, h in zip(lo, hi)], dtype=bool)
+        keep = np.repeat(~touched & ((hi <= xa) | (lo >= xb)), self.order)
         ts, ws = [t[keep]], [w[keep]]
-        for left, right in cut:
-            if right > left:
-                tc, wc = logit_rule(np.array([left, right]), self.shape, 1.0, self.order)
-                ts.append(tc), ws.append(wc)
+        for l, h in zip(lo[touched], hi[touched]):
+            for left, right in ((l, min(h, xa)), (max(l, xb), h)):
+                if right > left:
+                    cuts = sorted({left, right, *(x for x in xk if left < x < right)})
+                    tc, wc = logit_rule(np.array([max(c, -_LOGIT_SPAN) for c in cuts]), self.shape, 1.0, self.order)
+                    ts.append(tc), ws.append(wc)
         g, gw = gauss_legendre(self.order)
-        band = np.linspace(a, b, self.panels + 1)
+        band = np.unique(np.concatenate([np.linspace(a, b, self.panels + 1), [k for k in kinks if a < k < b]]))
         half, mid = 0.5 * np.diff(band), 0.5 * (band[1:] + band[:-1])
         tb = (mid[:, None] + half[:, None] * g[None, :]).ravel()
         density = np.exp((self.shape - 1.0) * np.log(tb) - tb - gammaln(self.shape))
         ts.append(tb), ws.append((half[:, None] * gw[None, :]).ravel() * density)
         return np.concatenate(ts), np.concatenate(ws)
+
+    def cut_kinks(self, ell: float, mu: float, s1: float = 1.0) -> tuple[float, ...]:
+        """t_v where the shifted region's interval ends meet t_cut: phi(t_v) + ell + ln(s1 + mu / T) = phi(t_cut)
+        for the ball's interval, phi(t_v) + ell = phi(t_cut) for the outer one (mu = inf: the face, ell = gamma)."""
+        level = float(phi(np.asarray(self.t_cut), self.k))
+        if math.isinf(mu):
+            return (float(phi_inv(np.asarray(level - ell + math.log(self.q_threshold)), self.k)),)
+        out = []
+        g_in = s1 + mu / self.q_threshold
+        if g_in > 0:
+            out.append(float(phi_inv(np.asarray(level - ell - math.log(g_in)), self.k)))
+        if s1 > 0:
+            out.append(float(phi_inv(np.asarray(level - ell), self.k)))
+        return tuple(out)
 
     @cached_property
     def _p_edges(self) -> np.ndarray:
@@ -333,7 +350,11 @@ class RadialSetting:
     # -- region probability under the shifted P (radial variable = ||z - delta||) -----------
     def shifted_mass(self, rho, ell, mu=0.0, s1: float = 1.0) -> np.ndarray:
         """P_delta(R) = E_{t_v}[ Pr_c'(Psi(t_u) < phi(t_v)) ], t_u = t_v + rho^2 + 2 sqrt(t_v) rho c'."""
-        t, w = self.shifted_nodes(float(np.ravel(rho)[0]))
+        if self.q_threshold is not None:
+            t, w = self.shifted_nodes(float(np.ravel(rho)[0]),
+                                      self.cut_kinks(float(np.ravel(ell)[0]), float(np.ravel(mu)[0]), s1))
+        else:
+            t, w = self.p_nodes
         rho = np.asarray(rho, dtype=float)[..., None]
         ell = np.asarray(ell, dtype=float)[..., None]
         mu = np.asarray(mu, dtype=float)[..., None]
@@ -472,7 +493,7 @@ class RadialSetting:
     def pure_q_masses(self, rho: float, gamma: float) -> tuple[float, float]:
         """(Q(R), P_delta(R)) for R = {p_delta < e^gamma q} (the dual's lambda1 = 0 face)."""
         q_mass = self.pure_q_centred_mass(rho, gamma)
-        tv, wv = self.shifted_nodes(rho)
+        tv, wv = self.shifted_nodes(rho, self.cut_kinks(gamma, math.inf) if self.q_threshold is not None else ())
         level = phi(tv, self.k)
         if self.q_threshold is not None:
             hi = np.minimum(self.t_cut, phi_inv(level + gamma - math.log(self.q_threshold), self.k))
@@ -486,8 +507,8 @@ class RadialSetting:
 
 
 @lru_cache(maxsize=256)
-def _shifted_nodes(setting: RadialSetting, rho: float) -> tuple[np.ndarray, np.ndarray]:
-    return setting._shifted_nodes(rho)
+def _shifted_nodes(setting: RadialSetting, rho: float, kinks: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    return setting._shifted_nodes(rho, kinks)
 
 
 def _solve_increasing(f, df, lo: np.ndarray, hi: np.ndarray, iters: int = 200,
