@@ -50,10 +50,16 @@ def radial_nodes(shape: float, upper_q: float = 1.0, panels: int = 96, order: in
     Composite Gauss-Legendre in x where the CDF level is upper_q * expit(x), x in [-37, 37];
     ``break_q`` adds a panel edge at that CDF level, where the integrand jumps.
     """
+    return logit_rule(logit_edges(panels, break_q), shape, upper_q, order)
+
+
+def logit_edges(panels: int, break_q: float | None = None) -> np.ndarray:
+    """Panel edges in the logit of the radial CDF: ``panels`` even panels on [-37, 37], and an edge at
+    the CDF level ``break_q`` when given."""
     edges = np.linspace(-_LOGIT_SPAN, _LOGIT_SPAN, panels + 1)
     if break_q is not None:
         edges = np.unique(np.append(edges, math.log(break_q / (1.0 - break_q))))
-    return logit_rule(edges, shape, upper_q, order)
+    return edges
 
 
 def logit_rule(edges: np.ndarray, shape: float, upper_q: float = 1.0, order: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -236,10 +242,7 @@ class RadialSetting:
     @cached_property
     def _p_edges(self) -> np.ndarray:
         """Panel edges of ``p_nodes`` in the logit of P's radial CDF."""
-        edges = np.linspace(-_LOGIT_SPAN, _LOGIT_SPAN, self.panels + 1)
-        if self.q_threshold is not None:
-            edges = np.unique(np.append(edges, math.log(self.q_threshold / (1.0 - self.q_threshold))))
-        return edges
+        return logit_edges(self.panels, self.q_threshold)
 
     @cached_property
     def q_nodes(self) -> tuple[np.ndarray, np.ndarray]:
@@ -432,6 +435,7 @@ class RadialSetting:
         for i in np.nonzero(sign[1:] != sign[:-1])[0]:
             turns.append(brentq(lambda t: float(dpsi(np.asarray(t))), ts[i], ts[i + 1], xtol=1e-300, rtol=1e-15))
         turns.append(math.inf)
+
         def psi_up(t):
             return self.psi(t, ell, mu) - level
 
