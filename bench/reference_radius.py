@@ -8,7 +8,7 @@ radius found is then certified exactly as the fast path certifies its own (``che
 from __future__ import annotations
 
 from engine.radius import np_radius
-from engine.radius.dsrs import dsrs_shifted_lower_bound
+from engine.radius.dsrs import bound_ends, dsrs_shifted_lower_bound
 from engine.radius.np import COARSE_PANELS, SEARCH_MARGIN, checked_bound, radial_setting
 from engine.radius.search import largest_certified_radius
 
@@ -29,9 +29,7 @@ def cold_dsrs_radius(p_bounds: tuple[float, float], q_bounds: tuple[float, float
         if r <= r_np:
             break
         _, ell, mu, s1 = dsrs_shifted_lower_bound(exact, r, p_bounds, q_bounds)
-        b1 = p_bounds[1] if s1 < 0 else p_bounds[0]
-        b2 = q_bounds[1] if mu < 0 else q_bounds[0]
-        if checked_bound(exact, coarse, r, ell, mu, s1, b1, b2) >= 0.5:
+        if checked_bound(exact, coarse, r, ell, mu, s1, *bound_ends(p_bounds, q_bounds, mu, s1)) >= 0.5:
             return r
         r -= max(1e-6, 1e-4 * r)
     return r_np

@@ -124,6 +124,24 @@ def _newton_steps(setting: RadialSetting, rho: float, ell: float, mu: float, s1:
     return ell, mu, f
 
 
+def bound_ends(p_bounds: tuple[float, float], q_bounds: tuple[float, float], mu: float,
+               s1: float) -> tuple[float, float]:
+    """(b1, b2): the interval ends the multipliers weigh, pU when lambda1 < 0 else pL, qU when lambda2 < 0
+    else qL; with those, any multipliers give a valid bound (weak duality)."""
+    return (p_bounds[1] if s1 < 0 else p_bounds[0]), (q_bounds[1] if mu < 0 else q_bounds[0])
+
+
+def _branches(setting: RadialSetting, p_bounds: tuple[float, float], q_bounds: tuple[float, float]) -> dict:
+    """Each way two constraints can bind at the dual optimum: name -> (s1, b1, b2, the signs mu may take)."""
+    (p_lower, p_upper), (q_lower, q_upper) = p_bounds, q_bounds
+    floor = -setting.q_threshold * (1.0 - 1e-9) if setting.q_threshold is not None else -np.inf
+    return {
+        "interior": (1.0, p_lower, q_lower, lambda m: m >= 0),  # both lower bounds bind
+        "upper": (1.0, p_lower, q_upper, lambda m: floor < m <= 0),  # Q's upper bound binds: lambda2 < 0
+        "negative": (-1.0, p_upper, q_lower, lambda m: m > 0),  # P's upper bound binds: lambda1 < 0
+    }
+
+
 @dataclass
 class WarmStart:
     """Multipliers found at the previous radius of a search: nearby radii have nearby optima, so
@@ -157,16 +175,10 @@ def _binding_optimum(setting: RadialSetting, rho: float, p_bounds: tuple[float, 
     multipliers of that branch's signs, the point satisfies the KKT conditions of the (concave) dual,
     so it is the dual optimum and the other candidates need not be computed. None otherwise.
     """
-    (p_lower, p_upper), (q_lower, q_upper) = p_bounds, q_bounds
-    floor = -setting.q_threshold * (1.0 - 1e-9) if setting.q_threshold is not None else -np.inf
-    branches = {
-        "interior": (warm.interior, 1.0, p_lower, q_lower, lambda m: m >= 0),
-        "upper": (warm.upper, 1.0, p_lower, q_upper, lambda m: floor < m <= 0),
-        "negative": (warm.negative, -1.0, p_upper, q_lower, lambda m: m > 0),
-    }
-    if warm.branch not in branches or branches[warm.branch][0] is None:
+    start = getattr(warm, warm.branch) if warm.branch is not None else None
+    if start is None:
         return None
-    start, s1, b1, b2, sign_ok = branches[warm.branch]
+    s1, b1, b2, sign_ok = _branches(setting, p_bounds, q_bounds)[warm.branch]
     guess = warm.predict(rho, start)
     ell, mu, f = _newton_steps(setting, rho, *(guess if sign_ok(guess[1]) else start), s1, b1, b2, sign_ok,
                                newton_iters)
@@ -203,17 +215,25 @@ def dsrs_shifted_lower_bound(
         return best
     warm.branch = None
     warm.trail.clear()
+    branches = _branches(setting, p_bounds, q_bounds)
+
+    def solve_branch(name: str, start: tuple[float, float]) -> float:
+        """Newton on the branch's two binding constraints; its bound joins the candidates."""
+        s1, b1, b2, sign_ok = branches[name]
+        ell, mu, res = _newton(setting, rho, *start, s1, b1, b2, sign_ok, newton_iters)
+        candidates.append((_dual_bound(setting, rho, ell, mu, b1, b2, s1), ell, mu, s1))
+        if res < 1e-9 or name != "negative":  # a failed start near the face is not worth retrying
+            setattr(warm, name, (ell, mu))
+            warm.branch = name if res < 1e-10 else None
+        return res
+
     ell0 = warm.ell0 = solve_ell(setting, rho, p_lower, guess=warm.ell0)
     q0 = float(setting.q_mass(rho, ell0, 0.0))
     candidates = [(_dual_bound(setting, rho, ell0, 0.0, p_lower, 0.0), ell0, 0.0, 1.0)]
     if q_lower <= q0 <= q_upper:
         return candidates[0]
     if q0 > q_upper:  # lambda2 < 0: Q(R) must come down to qU
-        floor = -setting.q_threshold * (1.0 - 1e-9) if setting.q_threshold is not None else -np.inf
-        start = warm.upper or (ell0, 0.0)
-        ell, mu, res = _newton(setting, rho, *start, 1.0, p_lower, q_upper, lambda m: floor < m <= 0, newton_iters)
-        warm.upper, warm.branch = (ell, mu), "upper" if res < 1e-10 else None
-        candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_upper), ell, mu, 1.0))
+        solve_branch("upper", warm.upper or (ell0, 0.0))
     else:  # lambda2 > 0: Q(R) must rise to qL; which face binds is read off the lambda1 = 0 region
         face = pure_q_bound(setting, rho, q_lower, guess=warm.gamma)
         candidates.append(face)
@@ -222,18 +242,12 @@ def dsrs_shifted_lower_bound(
             warm.gamma = face[1]
             p_face = setting.pure_q_centred_mass(rho, face[1], under_p=True)
         if p_face < p_lower:  # interior optimum: P's lower bound binds, lambda1 > 0
-            start = warm.interior or (ell0, 0.0)
-            ell, mu, res = _newton(setting, rho, *start, 1.0, p_lower, q_lower, lambda m: m >= 0, newton_iters)
-            warm.interior, warm.branch = (ell, mu), "interior" if res < 1e-10 else None
-            candidates.append((_dual_bound(setting, rho, ell, mu, p_lower, q_lower), ell, mu, 1.0))
+            solve_branch("interior", warm.interior or (ell0, 0.0))
         elif p_face > p_upper:  # P's upper bound binds: lambda1 < 0; Newton from points near the face
             starts = [warm.negative] if warm.negative else []
             starts += [(face[1] - math.log(big), big) for big in (3.0, 30.0, 1e3)]
             for start in starts:
-                ell, mu, res = _newton(setting, rho, *start, -1.0, p_upper, q_lower, lambda m: m > 0, newton_iters)
-                candidates.append((_dual_bound(setting, rho, ell, mu, p_upper, q_lower, -1.0), ell, mu, -1.0))
-                if res < 1e-9:
-                    warm.negative, warm.branch = (ell, mu), "negative" if res < 1e-10 else None
+                if solve_branch("negative", start) < 1e-9:
                     break
         # else: the face region itself meets both intervals, so its bound is the optimum
     best = max((c for c in candidates if math.isfinite(c[0])), key=lambda c: c[0])
@@ -325,9 +339,7 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
             return r_np, None
         try:
             _, ell, mu, s1 = found[r] if r in found else solve(r)
-            b1 = p_upper if s1 < 0 else p_lower
-            b2 = q_upper if mu < 0 else q_lower
-            if checked_bound(exact, coarse, r, ell, mu, s1, b1, b2) >= 0.5:
+            if checked_bound(exact, coarse, r, ell, mu, s1, *bound_ends(bounds_p, bounds_q, mu, s1)) >= 0.5:
                 return float(r), (ell, mu, s1)
         except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             pass

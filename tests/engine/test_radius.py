@@ -11,7 +11,7 @@ from scipy.special import ndtri
 
 from bench.reference_radius import cold_dsrs_radius
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
-from engine.radius.dsrs import _dsrs_certificate, dsrs_shifted_lower_bound, intervals_consistent
+from engine.radius.dsrs import _dsrs_certificate, bound_ends, dsrs_shifted_lower_bound, intervals_consistent
 from engine.radius.np import (
     COARSE_PANELS,
     _general_gaussian_np_radius,
@@ -95,8 +95,7 @@ def certificate_holds_finer(d: int, k: int, p_b: tuple, q_b: tuple, q_kwargs: di
     ell, mu, s1 = multipliers
     fine = RadialSetting(d=d, k=k, sigma=SIGMA, panels=400, order=16, **q_kwargs)
     rough = RadialSetting(d=d, k=k, sigma=SIGMA, panels=200, order=16, **q_kwargs)
-    b1, b2 = (p_b[1] if s1 < 0 else p_b[0]), (q_b[1] if mu < 0 else q_b[0])
-    return checked_bound(fine, rough, r, ell, mu, s1, b1, b2) >= 0.5
+    return checked_bound(fine, rough, r, ell, mu, s1, *bound_ends(p_b, q_b, mu, s1)) >= 0.5
 
 
 # -- exact answers ---------------------------------------------------------------------------
