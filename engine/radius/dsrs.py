@@ -31,7 +31,7 @@ from engine.radius.np import (
     solve_ell,
 )
 from engine.radius.radial import RadialSetting
-from engine.radius.search import increasing_root, largest_certified_radius
+from engine.radius.search import increasing_root, largest_certified_radius, step_down
 
 
 def dsrs_threshold_heuristic(p_lower: float) -> float:
@@ -331,17 +331,18 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
             return -1.0
 
     r = largest_certified_radius(margin, r_np, max(0.05 * sigma, 0.1 * r_np), xtol=1e-6)
-    # certify on the exact rule with the quadrature error allowance, at the multipliers the search
-    # found; step down (by 1e-6 r, doubling) until it holds, never below NP
-    step = 1e-6 * max(r, 1e-3)
-    for _ in range(40):
-        if r <= r_np:
-            return r_np, None
+
+    def certified(r: float) -> tuple[float, float, float] | None:
+        """The multipliers the search found at r, if their dual bound holds on the exact rule with the
+        quadrature error allowance."""
         try:
             _, ell, mu, s1 = found[r] if r in found else solve(r)
             if checked_bound(exact, coarse, r, ell, mu, s1, *bound_ends(bounds_p, bounds_q, mu, s1)) >= 0.5:
-                return float(r), (ell, mu, s1)
+                return ell, mu, s1
         except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             pass
-        r, step = r - step, 2.0 * step
-    return r_np, None
+        return None
+
+    # never below NP: that radius stands from P's interval alone
+    certificate = step_down(certified, r, r_np, 40)
+    return (r_np, None) if certificate is None else (float(certificate[0]), certificate[1])

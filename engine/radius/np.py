@@ -12,7 +12,7 @@ from scipy.optimize import brentq
 from scipy.special import ndtri
 
 from engine.radius.radial import RadialSetting
-from engine.radius.search import increasing_root, largest_certified_radius
+from engine.radius.search import increasing_root, largest_certified_radius, step_down
 
 # Quadrature error allowance on the shifted probability while searching; the final radius is
 # re-checked with an explicit error estimate from a coarser rule.
@@ -198,14 +198,10 @@ def _searched_np_radius(p_lower: float, exact: RadialSetting, coarse: RadialSett
 
     guess = gaussian_np_radius(p_lower, sigma)
     r = largest_certified_radius(margin, 0.0, max(0.25 * guess, 1e-3), xtol=1e-7)
-    # certify on the exact rule with the quadrature error allowance; step down (by 1e-6 r, doubling)
-    # until it holds
-    step = 1e-6 * max(r, 1e-3)
-    for _ in range(60):
-        if r <= 0:
-            return 0.0
+    def certified(r: float) -> float | None:
+        """The search's ell at r, if its bound holds on the exact rule with the quadrature allowance."""
         ell = ells[r] if r in ells else solve(r)[1]
-        if checked_bound(exact, coarse, r, ell, b1=p_lower) >= 0.5:
-            return float(r)
-        r, step = r - step, 2.0 * step
-    return 0.0
+        return ell if checked_bound(exact, coarse, r, ell, b1=p_lower) >= 0.5 else None
+
+    certificate = step_down(certified, r, 0.0, 60)
+    return 0.0 if certificate is None else float(certificate[0])

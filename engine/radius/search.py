@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 from scipy.optimize import brentq
+
+Witness = TypeVar("Witness")
 
 
 def largest_certified_radius(
@@ -97,3 +100,18 @@ def increasing_root(
             span *= 2.0
         x = min(max(x, lo_limit), hi_limit)
     return x
+
+
+def step_down(certify: Callable[[float], Witness | None], r: float, floor: float,
+              tries: int) -> tuple[float, Witness] | None:
+    """The first radius from r down that ``certify`` accepts (it returns what certified it, else None),
+    stepping by 1e-6 r and doubling each time; None once the radius reaches ``floor`` or after ``tries``."""
+    step = 1e-6 * max(r, 1e-3)
+    for _ in range(tries):
+        if r <= floor:
+            return None
+        witness = certify(r)
+        if witness is not None:
+            return r, witness
+        r, step = r - step, 2.0 * step
+    return None
