@@ -79,6 +79,11 @@ def check_fit(model: Model, shape: list[int], labels: np.ndarray, config: JobCon
         raise Invalid(str(error)) from None
 
 
+def _format_outside(rows: list[Model], formats: tuple[str, ...]) -> Model | None:
+    """The first of the job's models whose file format is not among ``formats`` (unknown formats pass)."""
+    return next((row for row in rows if row.format is not None and row.format.value not in formats), None)
+
+
 def create_job(*, session: Session, owner: Owner, job_in: JobCreate, shard_size: int) -> tuple[Job, list[Shard]]:
     model = get_owned(session=session, table=Model, id=job_in.model_id, owner=owner)
     if model is None:
@@ -92,17 +97,13 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, shard_size:
         if list(denoiser.input_shape) != list(model.input_shape):
             raise Invalid(f"denoiser {denoiser.id} ({denoiser.name}) reads images of shape {denoiser.input_shape}, "
                           f"model {model.id} reads {model.input_shape}")
-    if job_in.config.bf16:
-        for used in (model, denoiser if job_in.config.denoiser_id is not None else None):
-            if used is not None and used.format is not None and used.format.value not in CONVERTIBLE_FORMATS:
-                raise Invalid(f"bf16 converts weights files ({', '.join(CONVERTIBLE_FORMATS)}); model {used.id} "
-                              f"({used.name}) is {used.format.value}, whose precision is fixed in the file")
-    if job_in.config.compile:
-        for used in (model, denoiser if job_in.config.denoiser_id is not None else None):
-            if used is not None and used.format is not None and used.format.value not in COMPILABLE_FORMATS:
-                raise Invalid(f"compile runs PyTorch modules through torch.compile ({', '.join(COMPILABLE_FORMATS)} "
-                              f"files); model {used.id} ({used.name}) is {used.format.value}, a compiled graph "
-                              f"already")
+    used = [model] if job_in.config.denoiser_id is None else [model, denoiser]
+    if job_in.config.bf16 and (row := _format_outside(used, CONVERTIBLE_FORMATS)):
+        raise Invalid(f"bf16 converts weights files ({', '.join(CONVERTIBLE_FORMATS)}); model {row.id} "
+                      f"({row.name}) is {row.format.value}, whose precision is fixed in the file")
+    if job_in.config.compile and (row := _format_outside(used, COMPILABLE_FORMATS)):
+        raise Invalid(f"compile runs PyTorch modules through torch.compile ({', '.join(COMPILABLE_FORMATS)} "
+                      f"files); model {row.id} ({row.name}) is {row.format.value}, a compiled graph already")
     found = find_dataset(session=session, ref=job_in.dataset, owner=owner)
     if found is None:
         raise NotFound(f"dataset {job_in.dataset!r} not found")
