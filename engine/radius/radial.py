@@ -5,7 +5,8 @@ With t = ||z||^2 / (2 sigma'^2) in P's units, the log-density is -phi(t) + const
 phi(t) = t + k ln t, and t ~ Gamma(d/2 - k). For a shift delta of length r and a point at
 radial t, the cosine c to delta satisfies (1 + c) / 2 ~ Beta((d-1)/2, (d-1)/2) (Li et al. 2022,
 Sec. 4 and App. C), so the probability of a region {phi(t_shifted) > Psi(t)} is a Gamma-radial
-integral of a Beta CDF. Every function here is vectorised with numpy broadcasting.
+integral of a Beta CDF. The integrands are compiled loops over the nodes (``kernels``); here the
+nodes are placed and the cosine law's CDF summed over them.
 
 The region R(lambda) = {p_delta(z) < lambda1 p(z) + lambda2 q(z)}, with q / p = m(t), is written
 with ell = ln lambda1 and mu = lambda2 / lambda1: z in R iff phi(t_shifted) > Psi(t) where
@@ -14,13 +15,11 @@ Psi(t) = phi(t) - ell - ln(1 + mu m(t)).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import numpy as np
-from scipy.optimize import brentq
 from scipy.special import (
     betaln,
     expit,
@@ -31,10 +30,11 @@ from scipy.special import (
     gammaln,
     roots_legendre,
     stdtr,
-    wrightomega,
 )
 from scipy.stats import gamma as gamma_law
 
+from engine.radius import kernels
+from engine.radius.kernels import Q_NONE, Q_SIGMA, Q_TRUNCATED
 from engine.radius.tables import MIN_BETA, CosineCdfTable, cosine_cdf_table
 
 # Quadrature in the logit of the radial CDF: tails get nodes, the bulk gets most of them.
@@ -92,19 +92,6 @@ def _logit_of_cdf(t: float, shape: float) -> float:
     return math.log(gammainc(shape, t)) - math.log(gammaincc(shape, t))
 
 
-def phi(t: np.ndarray, k: float) -> np.ndarray:
-    """phi(t) = t + k ln t: minus the log-density of GG in radial units (Li et al. 2022, Def. 1)."""
-    return t + k * np.log(t) if k > 0 else t
-
-
-def phi_inv(y: np.ndarray, k: float) -> np.ndarray:
-    """Inverse of phi through the Wright omega function: t = k omega(y/k - ln k) (Lambert W of exp)."""
-    if k == 0:
-        return y
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isposinf(y), np.inf, k * np.real(wrightomega(y / k - math.log(k))))
-
-
 def beta_cdf(x: np.ndarray, beta: float) -> np.ndarray:
     """CDF of Beta(beta, beta), clipped to [0, 1] outside its support.
 
@@ -154,13 +141,20 @@ class RadialSetting:
             raise ValueError(f"q_threshold must be in (0, 1), got {self.q_threshold}")
 
     def cdf(self, x: np.ndarray) -> np.ndarray:
-        """CDF of the cosine level (1 + c) / 2 ~ Beta(beta, beta)."""
+        """CDF of the cosine level (1 + c) / 2 ~ Beta(beta, beta): the table's on a search rule."""
         table = self._table
         return beta_cdf(x, self.beta) if table is None else table(x)
 
     def pdf(self, x: np.ndarray) -> np.ndarray:
         table = self._table
         return beta_pdf(x, self.beta) if table is None else table.pdf(x)
+
+    def cdf_pdf(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CDF and density at once (one pass over the table)."""
+        table = self._table
+        if table is None:
+            return beta_cdf(x, self.beta), beta_pdf(x, self.beta)
+        return table.cdf_pdf(x)
 
     @cached_property
     def _table(self) -> CosineCdfTable | None:
@@ -228,15 +222,16 @@ class RadialSetting:
     def cut_kinks(self, ell: float, mu: float, s1: float = 1.0) -> tuple[float, ...]:
         """t_v where the shifted region's interval ends meet t_cut: phi(t_v) + ell + ln(s1 + mu / T) = phi(t_cut)
         for the ball's interval, phi(t_v) + ell = phi(t_cut) for the outer one (mu = inf: the face, ell = gamma)."""
-        level = float(phi(np.asarray(self.t_cut), self.k))
+        k = float(self.k)
+        level = kernels.phi(self.t_cut, k)
         if math.isinf(mu):
-            return (float(phi_inv(np.asarray(level - ell + math.log(self.q_threshold)), self.k)),)
+            return (kernels.phi_inv(level - ell + math.log(self.q_threshold), k),)
         out = []
         g_in = s1 + mu / self.q_threshold
         if g_in > 0:
-            out.append(float(phi_inv(np.asarray(level - ell - math.log(g_in)), self.k)))
+            out.append(kernels.phi_inv(level - ell - math.log(g_in), k))
         if s1 > 0:
-            out.append(float(phi_inv(np.asarray(level - ell), self.k)))
+            out.append(kernels.phi_inv(level - ell, k))
         return tuple(out)
 
     @cached_property
@@ -261,7 +256,6 @@ class RadialSetting:
         if self.q_threshold is None:
             return math.inf
         return float(gamma_law.ppf(self.q_threshold, self.shape))
-
     # -- the ratio m(t) = q / p ------------------------------------------------------------
     @cached_property
     def _log_m_affine(self) -> tuple[float, float]:
@@ -269,55 +263,52 @@ class RadialSetting:
         ratio = self.sigma / self.q_sigma  # type: ignore[operator]
         return (self.d - 2.0 * self.k) * math.log(ratio), ratio**2 - 1.0
 
-    def m(self, t: np.ndarray) -> np.ndarray:
-        """q(z) / p(z) as a function of P's radial t."""
+    @cached_property
+    def _q_params(self) -> tuple[float, int, float, float, float, float]:
+        """(k, Q's kind, A, B, t_cut, T): what the kernels need to know of the setting."""
+        if self.q_sigma is not None:
+            return float(self.k), Q_SIGMA, *self._log_m_affine, math.inf, 1.0
         if self.q_threshold is not None:
-            return np.where(t <= self.t_cut, 1.0 / self.q_threshold, 0.0)
-        a, b = self._log_m_affine
-        return np.exp(np.minimum(a - b * t, 700.0))
+            return float(self.k), Q_TRUNCATED, 0.0, 0.0, self.t_cut, float(self.q_threshold)
+        return float(self.k), Q_NONE, 0.0, 0.0, math.inf, 1.0
 
-    def psi(self, t: np.ndarray, ell: np.ndarray, mu: np.ndarray, s1: float = 1.0) -> np.ndarray:
-        """Psi(t) = phi(t) - ell - ln(s1 + mu m(t)); +inf where lambda1 p + lambda2 q <= 0.
+    def _node_terms(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ln t, m(t)) at radial nodes t: what the kernels read at every node (kept for the fixed rules)."""
+        cached = self._terms.get(id(t))
+        if cached is not None and cached[0] is t:
+            return cached[1]
+        _, kind, a, b, t_cut, threshold = self._q_params
+        if kind == Q_SIGMA:
+            m = np.exp(np.minimum(a - b * t, 700.0))
+        elif kind == Q_TRUNCATED:
+            m = np.where(t <= t_cut, 1.0 / threshold, 0.0)
+        else:
+            m = np.zeros_like(t)
+        terms = (np.log(t), m)
+        if t is self.p_nodes[0] or (kind != Q_NONE and t is self.q_nodes[0]):
+            self._terms[id(t)] = (t, terms)
+        return terms
 
-        lambda1 = s1 e^ell (s1 = -1 when P's upper bound binds), lambda2 = mu e^ell.
-        """
-        if self.q_sigma is None and self.q_threshold is None:
-            return phi(t, self.k) - ell
-        g = s1 + mu * self.m(t)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(g > 0, phi(t, self.k) - ell - np.log(np.where(g > 0, g, 1.0)), np.inf)
+    @cached_property
+    def _terms(self) -> dict:
+        return {}
 
     # -- region probabilities under P and Q (radial variable = ||z||) ----------------------
-    def centred_mass(
-        self, t: np.ndarray, w: np.ndarray, rho: np.ndarray, ell: np.ndarray, mu: np.ndarray, grad: bool = False,
-        s1: float = 1.0,
-    ):
+    def centred_mass(self, t: np.ndarray, w: np.ndarray, rho: float, ell: float, mu: float, grad: bool = False,
+                     s1: float = 1.0, pure: bool = False):
         """Mass of R under the law with radial nodes (t, w): sum_i w_i Pr_c[t_shifted > phi^-1(Psi(t_i))].
 
-        rho = r / scale. With grad, also d/d ell and d/d mu of that mass.
+        rho = r / scale. With grad, also d/d ell and d/d mu of that mass. ``pure``: R = {p_delta < e^ell q},
+        the face lambda1 = 0 (mu unused; the gradient is (d/d ell, 0)).
         """
-        psi = self.psi(t, ell, mu, s1)
-        tau = phi_inv(psi, self.k)
-        sq = np.sqrt(t)
-        with np.errstate(invalid="ignore"):
-            cstar = np.where(np.isinf(tau), -np.inf, ((t - tau) + rho**2) / (2.0 * sq * rho))
-        x = 0.5 * (1.0 + cstar)
-        mass = np.sum(w * self.cdf(x), axis=-1)
+        log_t, m_t = self._node_terms(t)
+        x, ce, cm = kernels.centred_levels(t, log_t, m_t, float(rho), float(ell), float(mu), float(s1), pure,
+                                           *self._q_params)
         if not grad:
-            return mass
-        # dc*/dPsi = -1 / (phi'(tau) 2 sqrt(t) rho); dPsi/d ell = -1, dPsi/d mu = -m / (1 + mu m)
-        dens = np.where(np.isinf(tau), 0.0, self.pdf(x))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dc_dpsi = np.where(np.isinf(tau), 0.0, -1.0 / ((1.0 + self.k / tau) * 2.0 * sq * rho))
-        base = 0.5 * dens * dc_dpsi
-        d_ell = np.sum(w * base * -1.0, axis=-1)
-        if self.q_sigma is None and self.q_threshold is None:
-            return mass, d_ell, np.zeros_like(d_ell)
-        m = self.m(t)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dpsi_dmu = np.where(np.isinf(tau), 0.0, -m / (s1 + mu * m))
-        d_mu = np.sum(w * base * dpsi_dmu, axis=-1)
-        return mass, d_ell, d_mu
+            return float(w @ self.cdf(x))
+        cdf, pdf = self.cdf_pdf(x)
+        weighted = w * pdf
+        return float(w @ cdf), float(weighted @ ce), float(weighted @ cm)
 
     def _nodes_below(self, under_q: bool, t_limit: float) -> tuple[np.ndarray, np.ndarray]:
         """Radial nodes of P (or of the smaller-sigma Q) restricted to t < t_limit in P's units.
@@ -341,223 +332,79 @@ class RadialSetting:
         return self.q_nodes if under_q else self.p_nodes
 
     def p_mass(self, rho, ell, mu=0.0, grad: bool = False, s1: float = 1.0):
-        t, w = self._mass_nodes(False, mu, s1)
-        return self.centred_mass(t, w, np.asarray(rho)[..., None], np.asarray(ell)[..., None],
-                                 np.asarray(mu)[..., None], grad, s1)
+        return self.centred_mass(*self._mass_nodes(False, mu, s1), rho, ell, mu, grad, s1)
 
     def q_mass(self, rho, ell, mu=0.0, grad: bool = False, s1: float = 1.0):
-        t, w = self._mass_nodes(True, mu, s1)
-        return self.centred_mass(t, w, np.asarray(rho)[..., None], np.asarray(ell)[..., None],
-                                 np.asarray(mu)[..., None], grad, s1)
+        return self.centred_mass(*self._mass_nodes(True, mu, s1), rho, ell, mu, grad, s1)
 
     # -- region probability under the shifted P (radial variable = ||z - delta||) -----------
-    def shifted_mass(self, rho, ell, mu=0.0, s1: float = 1.0) -> np.ndarray:
+    def interval_mass(self, w: np.ndarray, levels: tuple[np.ndarray, np.ndarray]) -> float:
+        """sum_i w_i sum_j [F(x_hi) - F(x_lo)] over the intervals (rows) of the kernels' cosine levels."""
+        x_lo, x_hi = levels
+        if x_lo.size == 0:
+            return 0.0
+        both = self.cdf(np.concatenate([x_lo.ravel(), x_hi.ravel()]))
+        half = x_lo.size
+        return float(w @ np.maximum(both[half:] - both[:half], 0.0).reshape(x_lo.shape).sum(axis=0))
+
+    def _offset_intervals(self, t: np.ndarray, w: np.ndarray, rho: float, parts: list[tuple[float, float, float]],
+                          div: float = 1.0) -> float:
+        """Shifted mass of the intervals (lo, min(phi^-1(phi(t_v) + offset) / div, cap)) in t_u."""
+        lo, offset, cap = (np.array(v, dtype=float) for v in zip(*parts)) if parts else (np.zeros(0),) * 3
+        return self.interval_mass(w, kernels.offset_interval_levels(t, self._node_terms(t)[0], float(rho),
+                                                                    float(self.k), lo, offset, cap, float(div)))
+
+    def shifted_mass(self, rho, ell, mu=0.0, s1: float = 1.0) -> float:
         """P_delta(R) = E_{t_v}[ Pr_c'(Psi(t_u) < phi(t_v)) ], t_u = t_v + rho^2 + 2 sqrt(t_v) rho c'."""
+        rho, ell, mu = float(rho), float(ell), float(mu)
         if self.q_threshold is not None:
-            t, w = self.shifted_nodes(float(np.ravel(rho)[0]),
-                                      self.cut_kinks(float(np.ravel(ell)[0]), float(np.ravel(mu)[0]), s1))
-        else:
-            t, w = self.p_nodes
-        rho = np.asarray(rho, dtype=float)[..., None]
-        ell = np.asarray(ell, dtype=float)[..., None]
-        mu = np.asarray(mu, dtype=float)[..., None]
-        level = phi(t, self.k)
-        sq = np.sqrt(t)
-
-        def cos_of(tu: np.ndarray) -> np.ndarray:
-            with np.errstate(invalid="ignore"):
-                return np.where(np.isposinf(tu), np.inf, (tu - t - rho**2) / (2.0 * sq * rho))
-
-        def interval(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-            c_lo, c_hi = cos_of(lo), cos_of(hi)
-            pr = self.cdf(0.5 * (1.0 + c_hi)) - self.cdf(0.5 * (1.0 + c_lo))
-            return np.where(hi > lo, np.maximum(pr, 0.0), 0.0)
-
-        zeros = np.zeros(np.broadcast_shapes(level.shape, ell.shape, mu.shape, rho.shape))
-        if (self.q_sigma is None and self.q_threshold is None) or (self.q_sigma is not None and s1 > 0
-                                                                   and not np.any(mu)):
-            # no Q term (mu = 0 leaves Psi = phi - ell): one interval below phi^-1(level + ell)
-            hi = phi_inv(level + ell, self.k) + zeros
-            return np.sum(w * interval(zeros - np.inf, hi), axis=-1)
-        if self.q_threshold is not None:
+            t, w = self.shifted_nodes(rho, self.cut_kinks(ell, mu, s1))
             # Psi is phi - ln(kappa1) inside the ball, phi - ln(kappa2) outside: two intervals
-            g_in = s1 + mu / self.q_threshold + zeros
-            with np.errstate(divide="ignore", invalid="ignore"):
-                hi_in = np.where(g_in > 0, phi_inv(level + ell + np.log(np.where(g_in > 0, g_in, 1.0)), self.k), -np.inf)
-            hi_out = phi_inv(level + ell, self.k) + zeros if s1 > 0 else zeros - np.inf
-            inner = interval(zeros - np.inf, np.minimum(hi_in, self.t_cut))
-            outer = interval(zeros + self.t_cut, hi_out)
-            return np.sum(w * (inner + outer), axis=-1)
-        total = np.zeros(zeros.shape)
-        for lo, hi in self._sublevel_smaller_sigma(level + zeros, float(np.ravel(ell)[0]), float(np.ravel(mu)[0]), s1):
-            total = total + interval(lo, hi)
-        return np.sum(w * total, axis=-1)
-
-    def _dpsi(self, t: np.ndarray, mu: float, s1: float = 1.0) -> np.ndarray:
-        """Psi'(t) for the smaller-sigma Q: 1 + k / t + mu b m / (s1 + mu m), with m' = -b m."""
-        b = self._log_m_affine[1]
-        m = self.m(t)
-        g = s1 + mu * m
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return 1.0 + self.k / t + mu * m * b / np.where(g > 0, g, 1e-300)
-
-    def _sublevel_smaller_sigma(self, level: np.ndarray, ell: float, mu: float, s1: float = 1.0,
-                                grid: int = 4000):
-        """{t : Psi(t) < level} for the smaller-sigma Q, as disjoint intervals [(lo, hi), ...].
-
-        Psi need not be monotone (mu < 0 mixes an increasing and a decreasing term), so its monotone
-        pieces are found from the sign of Psi' on a dense grid, each turning point refined by Brent;
-        on each piece the sublevel set is one interval, its end found per level by bracketed Newton.
-        """
-        a, b = self._log_m_affine
-        t0 = 0.0
-        if s1 < 0:  # kappa > 0 only where mu m(t) > 1: below t1; Psi rises from -inf (k > 0) to +inf
-            if mu <= 0 or a + math.log(mu) <= 0:
-                return [(np.zeros_like(level), np.zeros_like(level))]
-            t1 = (a + math.log(mu)) / b
-            x = _solve_increasing(lambda t: self.psi(t, ell, mu, s1) - level, lambda t: self._dpsi(t, mu, s1),
-                                  np.zeros_like(level) + 1e-300, np.zeros_like(level) + t1)
-            return [(np.zeros_like(level), x)]
-        if mu < 0 and a + math.log(-mu) > 0:
-            t0 = (a + math.log(-mu)) / b  # kappa <= 0 below t0: no point of R there
-        t_top = max(float(self.p_nodes[0].max()), float(level.max()) + 1.0)
+            g_in = s1 + mu / self.q_threshold
+            parts = [(-math.inf, ell + math.log(g_in), self.t_cut)] if g_in > 0 else []
+            if s1 > 0:
+                parts.append((self.t_cut, ell, math.inf))
+            return self._offset_intervals(t, w, rho, parts)
+        t, w = self.p_nodes
+        if self.q_sigma is None or (s1 > 0 and mu == 0.0):
+            # no Q term (mu = 0 leaves Psi = phi - ell): one interval below phi^-1(phi(t_v) + ell)
+            return self._offset_intervals(t, w, rho, [(-math.inf, ell, math.inf)])
+        k, _, a, b, _, _ = self._q_params
+        t_top = self._t_top
         if mu < 0:
             t_top = max(t_top, (a + math.log(-mu * b * 4.0 + 1.0)) / b + 10.0)
-        t_top *= 4.0
-        floor = max(t0 * (1.0 + 1e-12), 1e-300) if t0 > 0 else 1e-12 * t_top
-        ts = np.geomspace(floor, t_top, grid)
+        left, right, rising, t0 = kernels.sublevel_pieces(ell, mu, float(s1), k, a, b, 4.0 * t_top)
+        return self.interval_mass(w, kernels.sublevel_levels(t, self._node_terms(t)[0], rho, ell, mu, float(s1), k,
+                                                             a, b, left, right, rising, t0))
 
-        def dpsi(t):
-            return self._dpsi(t, mu)
-
-        sign = dpsi(ts) > 0
-        turns = [floor]
-        for i in np.nonzero(sign[1:] != sign[:-1])[0]:
-            turns.append(brentq(lambda t: float(dpsi(np.asarray(t))), ts[i], ts[i + 1], xtol=1e-300, rtol=1e-15))
-        turns.append(math.inf)
-
-        def psi_up(t):
-            return self.psi(t, ell, mu) - level
-
-        pieces = []
-        for left, right in itertools.pairwise(turns):
-            probe = left * 1.5 if math.isinf(right) else 0.5 * (left + right)
-            increasing = bool(dpsi(np.asarray(probe)) > 0)
-            psi_left = float(self.psi(np.asarray(left), ell, mu))
-            if left == floor and t0 == 0.0:
-                psi_left = -np.inf if self.k > 0 else float(self.psi(np.asarray(0.0), ell, mu))
-            if math.isinf(right):
-                # psi >= phi - ell - ln(1 + max(mu, 0) m(left)) on [left, inf): phi^-1 of that passes the level
-                lift = math.log1p(max(mu, 0.0) * float(self.m(np.asarray(left))))
-                right_end = np.maximum(phi_inv(level + ell + lift, self.k) * (1.0 + 1e-12), left * 2.0 + 1.0)
-                right_end = _grow_until(psi_up, np.asarray(left), right_end)
-            else:
-                right_end = np.full_like(level, right)
-            if increasing:
-                # start from Psi's root with the Q term frozen at phi^-1(level + ell): Newton then needs a few steps
-                guess = phi_inv(level + ell, self.k)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    guess = phi_inv(level + ell + np.log1p(np.maximum(mu * self.m(guess), -1.0 + 1e-16)), self.k)
-                x = _solve_increasing(psi_up, dpsi, np.full_like(level, left), right_end, start=guess)
-                inside = level > psi_left
-                start = 0.0 if left == floor and t0 == 0.0 else left
-                pieces.append((np.where(inside, start, 0.0), np.where(inside, x, 0.0)))
-            else:
-                x = _solve_increasing(lambda t: -psi_up(t), lambda t: -dpsi(t), np.full_like(level, left), right_end)
-                psi_right = self.psi(right_end, ell, mu)
-                inside = level > psi_right
-                pieces.append((np.where(inside, x, 0.0), np.where(inside, right_end, 0.0)))
-        return pieces
-
+    @cached_property
+    def _t_top(self) -> float:
+        """A radial t beyond every node and every level phi(t_v) + 1 of the shifted rule: where the
+        turning points of Psi are looked for (times four)."""
+        t_max = float(self.p_nodes[0].max())
+        return max(t_max, kernels.phi(t_max, float(self.k)) + 1.0)
 
     # -- the boundary lambda1 = 0: R = {p_delta < lambda2 q}, gamma = ln lambda2 ---------------
-    def pure_q_psi(self, t: np.ndarray, gamma: np.ndarray) -> np.ndarray:
-        """Psi for R = {p_delta < e^gamma q}: phi(t) - gamma - ln m(t) (+inf where q = 0)."""
-        if self.q_threshold is not None:
-            return np.where(t <= self.t_cut, phi(t, self.k) - gamma + math.log(self.q_threshold), np.inf)
-        a, b = self._log_m_affine
-        return phi(t, self.k) - gamma - a + b * t
-
     def pure_q_centred_mass(self, rho: float, gamma: float, under_p: bool = False, grad: bool = False):
         """Q(R) (or P(R) with under_p) for R = {p_delta < e^gamma q}; with grad, also d/d gamma."""
         t, w = self.p_nodes if under_p else self.q_nodes
-        tau = phi_inv(self.pure_q_psi(t, gamma), self.k)
-        sq = np.sqrt(t)
-        with np.errstate(invalid="ignore"):
-            cstar = np.where(np.isinf(tau), -np.inf, ((t - tau) + rho**2) / (2.0 * sq * rho))
-        x = 0.5 * (1.0 + cstar)
-        mass = float(np.sum(w * self.cdf(x)))
-        if not grad:
-            return mass
-        # dPsi/d gamma = -1, so d/d gamma is minus the d/dPsi of centred_mass
-        with np.errstate(invalid="ignore", divide="ignore"):
-            slope = np.where(np.isinf(tau), 0.0, self.pdf(x) / ((1.0 + self.k / tau) * 4.0 * sq * rho))
-        return mass, float(np.sum(w * slope))
+        out = self.centred_mass(t, w, rho, gamma, 0.0, grad, pure=True)
+        return out[:2] if grad else out
 
     def pure_q_masses(self, rho: float, gamma: float) -> tuple[float, float]:
         """(Q(R), P_delta(R)) for R = {p_delta < e^gamma q} (the dual's lambda1 = 0 face)."""
         q_mass = self.pure_q_centred_mass(rho, gamma)
-        tv, wv = self.shifted_nodes(rho, self.cut_kinks(gamma, math.inf) if self.q_threshold is not None else ())
-        level = phi(tv, self.k)
         if self.q_threshold is not None:
-            hi = np.minimum(self.t_cut, phi_inv(level + gamma - math.log(self.q_threshold), self.k))
-        else:
-            a, b = self._log_m_affine
-            # (1 + b) t + k ln t = level + gamma + a, solved through phi^-1 in s = (1 + b) t
-            hi = phi_inv(level + gamma + a + self.k * math.log1p(b), self.k) / (1.0 + b)
-        c_hi = (hi - tv - rho**2) / (2.0 * np.sqrt(tv) * rho)
-        shifted = float(np.sum(wv * self.cdf(0.5 * (1.0 + c_hi))))
-        return q_mass, shifted
+            t, w = self.shifted_nodes(rho, self.cut_kinks(gamma, math.inf))
+            return q_mass, self._offset_intervals(t, w, rho, [(-math.inf, gamma - math.log(self.q_threshold),
+                                                               self.t_cut)])
+        a, b = self._log_m_affine
+        # (1 + b) t + k ln t = phi(t_v) + gamma + a, solved through phi^-1 in s = (1 + b) t
+        t, w = self.p_nodes
+        return q_mass, self._offset_intervals(t, w, rho, [(-math.inf, gamma + a + self.k * math.log1p(b), math.inf)],
+                                              div=1.0 + b)
 
 
 @lru_cache(maxsize=256)
 def _shifted_nodes(setting: RadialSetting, rho: float, kinks: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     return setting._shifted_nodes(rho, kinks)
-
-
-def _solve_increasing(f, df, lo: np.ndarray, hi: np.ndarray, iters: int = 200,
-                      start: np.ndarray | None = None) -> np.ndarray:
-    """Element-wise root of an increasing f in [lo, hi] (f(lo) <= 0 <= f(hi); otherwise the end that f's
-    sign points to): Newton steps from ``start`` (where inside the bracket), a bisection whenever a step
-    leaves the bracket, to full precision."""
-    lo, hi = (np.array(v, dtype=float) for v in np.broadcast_arrays(lo, hi))
-
-    def middle(lo, hi):  # geometric on t > 0: roots sit anywhere from 1e-8 to 1e4
-        with np.errstate(invalid="ignore"):
-            return np.where(lo > 0, np.sqrt(lo * hi), 0.5 * (lo + hi))
-
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        below, above = f(lo) > 0, ~(f(hi) > 0)  # no sign change: the root is that end
-
-    x = middle(lo, hi)
-    if start is not None:
-        x = np.where((start > lo) & (start < hi), start, x)
-    x = np.where(below, lo, np.where(above, hi, x))
-    settled = below | above
-    for _ in range(iters):
-        if settled.all():
-            break
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            v = f(x)
-            up = v > 0
-            hi = np.where(up, x, hi)
-            lo = np.where(up, lo, x)
-            step = x - v / df(x)
-        # psi carries rounding of ~1e-16 |k ln t|, so a Newton step below 1e-14 relative is the root
-        done = settled | (v == 0) | (np.abs(step - x) <= 1e-14 * np.abs(x)) | (hi - lo <= 1e-14 * np.abs(hi))
-        x_new = np.where(done, x, np.where((step > lo) & (step < hi), step, middle(lo, hi)))
-        settled = done
-        x = x_new
-    return x
-
-
-def _grow_until(f, start: np.ndarray, guess: np.ndarray) -> np.ndarray:
-    """An upper point where the increasing f is positive, doubling from ``guess``."""
-    hi = np.maximum(guess, start + 1.0)
-    for _ in range(60):
-        with np.errstate(invalid="ignore"):
-            bad = ~(f(hi) > 0)
-        if not np.any(bad):
-            break
-        hi = np.where(bad, hi * 2.0, hi)
-    return hi

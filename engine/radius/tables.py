@@ -16,6 +16,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import betainc, betaln
 
+from engine.radius.kernels import table_cdf
+
 # Knot spacing in standardised units u = (2x - 1) sqrt(2 beta + 1) (Beta(beta, beta) has sd 1
 # there); Hermite error is h^4 max|F''''| / 384 ~ 1e-12 at this h for near-normal laws.
 KNOTS_PER_UNIT = 256
@@ -43,31 +45,21 @@ class CosineCdfTable:
         log_pdf = (beta - 1.0) * (np.log(xs) + np.log1p(-xs)) - betaln(beta, beta)
         # dF/du = pdf(x) dx/du, times h: the Hermite tangents in knot units
         self.tangent = np.where(inside, np.exp(log_pdf), 0.0) * (0.5 / self.scale) * self.h
-        self.last = count - 2
 
-    def _cell(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = (np.clip((2.0 * x - 1.0) * self.scale, self.u0, -self.u0) - self.u0) / self.h
-        i = np.minimum(z.astype(np.intp), self.last)
-        return i, z - i
+    def cdf_pdf(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The interpolant and its derivative in x (0 outside the table) at x; NaN stays NaN."""
+        x = np.asarray(x, dtype=float)
+        cdf, pdf = table_cdf(x.ravel(), self.cdf, self.tangent, self.u0, self.h, self.scale, True)
+        return cdf.reshape(x.shape), pdf.reshape(x.shape)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """CDF at x (cosine level in [0, 1]; values outside are clipped, like ``betainc``)."""
         x = np.asarray(x, dtype=float)
-        nan = np.isnan(x)
-        i, s = self._cell(np.where(nan, 0.5, x))
-        f0, f1, d0, d1 = self.cdf[i], self.cdf[i + 1], self.tangent[i], self.tangent[i + 1]
-        s2, r = s * s, 1.0 - s
-        out = f0 + s2 * (3.0 - 2.0 * s) * (f1 - f0) + s * r * (r * d0 - s * d1)
-        return np.where(nan, np.nan, out)
+        return table_cdf(x.ravel(), self.cdf, self.tangent, self.u0, self.h, self.scale, False)[0].reshape(x.shape)
 
     def pdf(self, x: np.ndarray) -> np.ndarray:
         """Derivative of the interpolant in x (0 outside the table): consistent Newton steps."""
-        x = np.asarray(x, dtype=float)
-        i, s = self._cell(np.where(np.isnan(x), 0.5, x))
-        f0, f1, d0, d1 = self.cdf[i], self.cdf[i + 1], self.tangent[i], self.tangent[i + 1]
-        ds = 6.0 * s * (1.0 - s) * (f1 - f0) + d0 * (1.0 - s) * (1.0 - 3.0 * s) + d1 * s * (3.0 * s - 2.0)
-        inside = np.abs((2.0 * x - 1.0) * self.scale) < -self.u0
-        return np.where(inside, ds * (2.0 * self.scale / self.h), 0.0)
+        return self.cdf_pdf(x)[1]
 
 
 @lru_cache(maxsize=16)
