@@ -26,6 +26,7 @@ from engine.radius.np import (
     COARSE_PANELS,
     SEARCH_MARGIN,
     checked_bound,
+    np_edge,
     np_radius,
     radial_setting,
     solve_ell,
@@ -307,12 +308,18 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
                       sigma: float, q_sigma: float | None,
                       q_threshold: float | None) -> tuple[float, tuple[float, float, float] | None]:
     """(radius, (ell, mu, s1)): the multipliers whose dual bound certified it; None where NP's radius stands."""
-    r_np = np_radius(p_lower, sigma=sigma, noise="general_gaussian" if k else "gaussian", d=d, k=k)
     if p_lower <= 0.5:
         return 0.0, None
+
+    def np_certified() -> float:
+        return np_radius(p_lower, sigma=sigma, noise="general_gaussian" if k else "gaussian", d=d, k=k)
+
     exact = radial_setting(d, k, sigma, q_sigma, q_threshold)
     if not intervals_consistent(exact, (p_lower, p_upper), (q_lower, q_upper)):
-        return r_np, None  # no classifier meets both intervals: P's alone still certifies NP's radius
+        return np_certified(), None  # no classifier meets both intervals: P's alone still certifies NP's radius
+    # the search starts from NP's edge; NP's own certificate is only needed when DSRS does not clear it
+    edge = np_edge(p_lower, d, k, sigma)
+    r_np = np_certified() if edge is None else edge
     coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=COARSE_PANELS)
     search = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48, tabulated=True)
     p_lower = min(p_lower, 1.0 - 1e-15)
@@ -330,7 +337,8 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
         except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             return -1.0
 
-    r = largest_certified_radius(margin, r_np, max(0.05 * sigma, 0.1 * r_np), xtol=1e-6)
+    # near the edge D(r) = 1/2 the bound falls at about phi(0) / sigma = 0.4 / sigma per unit of radius
+    r = largest_certified_radius(margin, r_np, max(0.05 * sigma, 0.1 * r_np), xtol=1e-6, slope=0.4 / sigma)
 
     def certified(r: float) -> tuple[float, float, float] | None:
         """The multipliers the search found at r, if their dual bound holds on the exact rule with the
@@ -343,6 +351,12 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
             pass
         return None
 
-    # never below NP: that radius stands from P's interval alone
+    # never below NP: that radius stands from P's interval alone. A certificate 1e-6 above NP's edge (which
+    # lies within 2e-9 of NP's certified radius) clears it without computing it.
     certificate = step_down(certified, r, r_np, 40)
-    return (r_np, None) if certificate is None else (float(certificate[0]), certificate[1])
+    if certificate is not None and (edge is None or not k or certificate[0] > edge + 1e-6 * max(sigma, edge)):
+        return float(certificate[0]), certificate[1]
+    r_np = np_certified()
+    if certificate is not None and certificate[0] >= r_np:
+        return float(certificate[0]), certificate[1]
+    return r_np, None

@@ -132,7 +132,8 @@ def offset_interval_levels(t: np.ndarray, log_t: np.ndarray, rho: float, k: floa
                            offset: np.ndarray, cap: np.ndarray, div: float) -> tuple[np.ndarray, np.ndarray]:
     """Cosine levels of the intervals t_u in (lo_j, min(phi^-1(phi(t_v) + offset_j) / div, cap_j)) at each
     node t_v of the shifted law: P_delta(R) = sum_i w_i sum_j [F(x_hi) - F(x_lo)]. Empty intervals get
-    x_lo = x_hi = -inf. Every region whose boundary in t_u is a constant offset of phi(t_v) has this form:
+    x_lo = x_hi = -inf, and an interval that starts where the previous one ends joins it (the region's two
+    pieces at t_cut), so the CDF is not evaluated twice at the shared end. Every region whose boundary in t_u is a constant offset of phi(t_v) has this form:
     no Q, Q with mu = 0, the truncated Q (inside and outside its ball), and the face lambda1 = 0."""
     n, parts = t.size, lo.size
     x_lo, x_hi = np.empty((parts, n)), np.empty((parts, n))
@@ -140,13 +141,19 @@ def offset_interval_levels(t: np.ndarray, log_t: np.ndarray, rho: float, k: floa
         tv = t[i]
         level = tv + k * log_t[i]
         sq = math.sqrt(tv)
+        row, end = -1, -INF  # the last non-empty interval and its upper end
         for j in range(parts):
             hi = min(phi_inv(level + offset[j], k, log_t[i]) / div, cap[j])
-            if hi > lo[j]:
+            x_lo[j, i] = x_hi[j, i] = -INF
+            if not hi > lo[j]:
+                continue
+            if row >= 0 and end == lo[j]:  # adjoins it (the ball's interval, at t_cut): one interval
+                x_hi[row, i] = _cos_level(hi, tv, sq, rho)
+            else:
+                row = j
                 x_lo[j, i] = _cos_level(lo[j], tv, sq, rho)
                 x_hi[j, i] = _cos_level(hi, tv, sq, rho)
-            else:
-                x_lo[j, i] = x_hi[j, i] = -INF
+            end = hi
     return x_lo, x_hi
 
 

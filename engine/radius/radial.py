@@ -65,9 +65,15 @@ def logit_edges(panels: int, break_q: float | None = None) -> np.ndarray:
 def logit_rule(edges: np.ndarray, shape: float, upper_q: float = 1.0, order: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Gauss-Legendre panels between consecutive ``edges`` in the logit x of the Gamma(shape) CDF level
     (times upper_q); nodes are grouped panel by panel, ``order`` to a panel."""
+    return logit_panels(edges[:-1], edges[1:], shape, upper_q, order)
+
+
+def logit_panels(left: np.ndarray, right: np.ndarray, shape: float, upper_q: float = 1.0,
+                 order: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """``logit_rule`` on the panels [left_i, right_i], which need not be adjacent."""
     g, gw = gauss_legendre(order)
-    half = 0.5 * (edges[1:] - edges[:-1])
-    mid = 0.5 * (edges[1:] + edges[:-1])
+    half = 0.5 * (right - left)
+    mid = 0.5 * (right + left)
     x = (mid[:, None] + half[:, None] * g[None, :]).ravel()
     wx = (half[:, None] * gw[None, :]).ravel()
     level = expit(x)
@@ -202,15 +208,20 @@ class RadialSetting:
         xa, xb = _logit_of_cdf(a, self.shape), _logit_of_cdf(b, self.shape)
         xk = [_logit_of_cdf(k, self.shape) for k in kinks if not a < k < b]
         lo, hi = edges[:-1], edges[1:]
-        touched = np.array([any(l < x < h for x in (xa, xb, *xk)) for l, h in zip(lo, hi)], dtype=bool)
+        cuts = np.array([xa, xb, *xk])
+        touched = ((cuts > lo[:, None]) & (cuts < hi[:, None])).any(axis=1)
         keep = np.repeat(~touched & ((hi <= xa) | (lo >= xb)), self.order)
         ts, ws = [t[keep]], [w[keep]]
+        lefts, rights = [], []
         for l, h in zip(lo[touched], hi[touched]):
             for left, right in ((l, min(h, xa)), (max(l, xb), h)):
                 if right > left:
-                    cuts = sorted({left, right, *(x for x in xk if left < x < right)})
-                    tc, wc = logit_rule(np.array([max(c, -_LOGIT_SPAN) for c in cuts]), self.shape, 1.0, self.order)
-                    ts.append(tc), ws.append(wc)
+                    ends = [max(c, -_LOGIT_SPAN) for c in sorted({left, right, *(x for x in xk if left < x < right)})]
+                    lefts += ends[:-1]
+                    rights += ends[1:]
+        if lefts:
+            tc, wc = logit_panels(np.array(lefts), np.array(rights), self.shape, 1.0, self.order)
+            ts.append(tc), ws.append(wc)
         g, gw = gauss_legendre(self.order)
         band = np.unique(np.concatenate([np.linspace(a, b, self.panels + 1), [k for k in kinks if a < k < b]]))
         half, mid = 0.5 * np.diff(band), 0.5 * (band[1:] + band[:-1])
@@ -343,9 +354,13 @@ class RadialSetting:
         x_lo, x_hi = levels
         if x_lo.size == 0:
             return 0.0
-        both = self.cdf(np.concatenate([x_lo.ravel(), x_hi.ravel()]))
+        both = np.concatenate([x_lo.ravel(), x_hi.ravel()])
+        # levels at +-inf (open ends, empty intervals) have CDF 1 and 0: only the others cost a CDF call
+        finite = np.isfinite(both)
+        cdf = np.where(both > 0.0, 1.0, 0.0)
+        cdf[finite] = self.cdf(both[finite])
         half = x_lo.size
-        return float(w @ np.maximum(both[half:] - both[:half], 0.0).reshape(x_lo.shape).sum(axis=0))
+        return float(w @ np.maximum(cdf[half:] - cdf[:half], 0.0).reshape(x_lo.shape).sum(axis=0))
 
     def _offset_intervals(self, t: np.ndarray, w: np.ndarray, rho: float, parts: list[tuple[float, float, float]],
                           div: float = 1.0) -> float:

@@ -6,8 +6,6 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
-from scipy.optimize import brentq
-
 Witness = TypeVar("Witness")
 
 
@@ -18,19 +16,29 @@ def largest_certified_radius(
     *,
     xtol: float = 1e-6,
     r_max: float = 1e3,
+    slope: float | None = None,
 ) -> float:
-    """Largest r >= r_start with margin_at(r) >= 0, for a margin that decreases in r.
+    """Largest r >= r_start with margin_at(r) >= 0, for a smooth margin that decreases in r.
 
-    Doubles the step until the margin turns negative, then Brent's method to ``xtol``; returns the
-    certified end of the final bracket (never the uncertified one). Returns r_start when even
-    r_start + step fails; the caller has checked r_start itself.
+    Steps up (doubling) until the margin turns negative, then regula falsi with the Illinois rule on
+    that bracket. Ends on the certified side: at a point whose margin is >= 0 and either within xtol
+    of the bracket's other end or, by the bracket's secant slope, within xtol of the crossing. Each
+    margin is evaluated once. ``slope`` (a guess of -margin'(r)) aims the first step a quarter past the
+    crossing it predicts instead of taking ``step``. Returns r_start when even the first step fails;
+    the caller has checked r_start itself.
     """
+    seen: dict[float, float] = {}
+
     def margin(r: float) -> float:  # radius 0 is certified whenever pA_lower > 1/2
-        return 1.0 if r <= 0 else margin_at(r)
+        if r not in seen:
+            seen[r] = 1.0 if r <= 0 else margin_at(r)
+        return seen[r]
 
     lo, f_lo = r_start, margin(r_start)
     if f_lo < 0:
         return r_start
+    if slope and 0 < f_lo < 1:
+        step = 1.25 * f_lo / slope + xtol
     hi = r_start + step
     f_hi = margin(hi)
     while f_hi >= 0:
@@ -40,13 +48,24 @@ def largest_certified_radius(
         if hi > r_max:
             return lo
         f_hi = margin(hi)
-    if f_lo == 0:
-        return lo
-    root = brentq(margin, lo, hi, xtol=xtol, rtol=1e-15)
-    # brentq's answer is within xtol of the crossing: step down until it is certified
-    for candidate in (root, root - xtol, root - 4 * xtol):
-        if candidate > lo and margin(candidate) >= 0:
-            return candidate
+    a, b = f_lo, f_hi  # the interpolation's values, halved by the Illinois rule on a one-sided run
+    kept = 0
+    while hi - lo > xtol:
+        r = min(max(lo + a * (hi - lo) / (a - b), lo + 0.25 * xtol), hi - 0.25 * xtol)
+        f = margin(r)
+        if not math.isfinite(f):
+            f = -1.0
+        secant = (f_lo - f_hi) / (hi - lo)
+        if f >= 0:
+            lo, f_lo, a = r, f, f
+            if f <= xtol * secant:
+                return lo
+            b = b * 0.5 if kept > 0 else b
+            kept = 1
+        else:
+            hi, f_hi, b = r, f, f
+            a = a * 0.5 if kept < 0 else a
+            kept = -1
     return lo
 
 
