@@ -158,32 +158,53 @@ def offset_interval_levels(t: np.ndarray, log_t: np.ndarray, rho: float, k: floa
 
 
 @njit(cache=True)
+def _psi_in_log(u: float, ell: float, mu: float, s1: float, k: float, a: float, b: float) -> tuple[float, float]:
+    """Psi and dPsi/du at t = e^u for the smaller-sigma Q (+inf, nan where lambda1 p + lambda2 q <= 0)."""
+    t = math.exp(u)
+    m = math.exp(min(a - b * t, 700.0))
+    g = s1 + mu * m
+    if not g > 0.0:
+        return INF, math.nan
+    return t + k * u - ell - math.log(g), t + k + t * mu * m * b / g
+
+
+@njit(cache=True)
 def _root(level: float, ell: float, mu: float, s1: float, k: float, a: float, b: float, lo: float, hi: float,
-          start: float, sign: float) -> float:
+          f_lo: float, f_hi: float, start: float, sign: float) -> float:
     """t in [lo, hi] with Psi(t) = level where sign * Psi increases there; the end that the sign of
-    sign * (Psi - level) points to when there is no crossing. Newton from ``start``, bisection (geometric
-    on t > 0: roots lie anywhere from 1e-8 to 1e4) whenever a step leaves the bracket."""
-    f_lo = sign * (psi_sigma(lo, ell, mu, s1, k, a, b) - level)
+    sign * (Psi - level) points to when there is no crossing. ``f_lo``, ``f_hi``: sign * (Psi - level) at the
+    ends where already known (NaN: evaluate). Newton in u = ln t from ``start`` (a t), bisection in u
+    (roots lie anywhere from 1e-8 to 1e4) whenever a step leaves the bracket; ends on a step below
+    1e-11 in u, after which the error is below rounding."""
+    if math.isnan(f_lo):
+        f_lo = sign * (psi_sigma(lo, ell, mu, s1, k, a, b) - level)
     if f_lo > 0.0:
         return lo
-    f_hi = sign * (psi_sigma(hi, ell, mu, s1, k, a, b) - level)
+    if math.isnan(f_hi):
+        f_hi = sign * (psi_sigma(hi, ell, mu, s1, k, a, b) - level)
     if not f_hi > 0.0:
         return hi
-    x = start if lo < start < hi else (math.sqrt(lo * hi) if lo > 0.0 else 0.5 * (lo + hi))
+    u_lo, u_hi = math.log(lo), math.log(hi)
+    u = math.log(start) if lo < start < hi else 0.5 * (u_lo + u_hi)
     for _ in range(200):
-        v = sign * (psi_sigma(x, ell, mu, s1, k, a, b) - level)
+        value, slope = _psi_in_log(u, ell, mu, s1, k, a, b)
+        v = sign * (value - level)
         if v == 0.0:
-            return x
+            break
         if v > 0.0:
-            hi = x
+            u_hi = u
         else:
-            lo = x
-        step = x - v / (sign * dpsi(x, mu, s1, k, a, b))
-        # Psi carries rounding of ~1e-16 |k ln t|: a Newton step below 1e-14 relative is the root
-        if abs(step - x) <= 1e-14 * abs(x) or hi - lo <= 1e-14 * abs(hi):
-            return x
-        x = step if lo < step < hi else (math.sqrt(lo * hi) if lo > 0.0 else 0.5 * (lo + hi))
-    return x
+            u_lo = u
+        step = v / (sign * slope)
+        if u_lo < u - step < u_hi:
+            u -= step
+            if abs(step) <= 1e-11 * max(1.0, abs(u)):
+                break
+        else:
+            u = 0.5 * (u_lo + u_hi)
+        if u_hi - u_lo <= 1e-14 * max(1.0, abs(u)):
+            break
+    return math.exp(u)
 
 
 @njit(cache=True)
@@ -255,25 +276,26 @@ def sublevel_levels(t: np.ndarray, log_t: np.ndarray, rho: float, ell: float, mu
                     psi_left = -INF if k > 0.0 else psi_sigma(lo_j, ell, mu, s1, k, a, b)
                 else:
                     psi_left = psi_sigma(lo_j, ell, mu, s1, k, a, b)
+                f_lo = -INF if (j == 0 and k > 0.0 and (first_open or s1 < 0.0)) else math.nan  # Psi(0+) = -inf
+                f_hi = math.nan
                 if hi_j == INF:
                     # Psi >= phi - ell - ln(1 + max(mu, 0) m(left)) beyond left: its phi^-1 passes the level
                     lift = math.log1p(max(mu, 0.0) * math.exp(min(a - b * lo_j, 700.0)))
                     hi_j = max(phi_inv(level + ell + lift, k, log_t[i]) * (1.0 + 1e-12), lo_j * 2.0 + 1.0)
                     for _ in range(60):
-                        if psi_sigma(hi_j, ell, mu, s1, k, a, b) - level > 0.0:
+                        f_hi = psi_sigma(hi_j, ell, mu, s1, k, a, b) - level
+                        if f_hi > 0.0:
                             break
                         hi_j *= 2.0
-                # start from Psi's root with the Q term frozen at phi^-1(level + ell): a few Newton steps
-                guess = phi_inv(level + ell, k, log_t[i])
-                if s1 > 0.0:
-                    frozen = mu * math.exp(min(a - b * guess, 700.0))
-                    guess = phi_inv(level + ell + math.log1p(max(frozen, -1.0 + 1e-16)), k, log_t[i])
-                end = _root(level, ell, mu, s1, k, a, b, lo_j, hi_j, guess, 1.0)
+                # start from Psi's root with the Q term frozen at the node's own t: a few Newton steps
+                frozen = mu * math.exp(min(a - b * tv, 700.0)) if s1 > 0.0 else 0.0
+                guess = phi_inv(level + ell + math.log1p(max(frozen, -1.0 + 1e-16)), k, log_t[i])
+                end = _root(level, ell, mu, s1, k, a, b, lo_j, hi_j, f_lo, f_hi, guess, 1.0)
                 inside = level > psi_left
                 start = 0.0 if (j == 0 and (first_open or s1 < 0.0)) else lo_j
                 tu_lo, tu_hi = start, end
             else:
-                end = _root(level, ell, mu, s1, k, a, b, lo_j, hi_j, -1.0, -1.0)
+                end = _root(level, ell, mu, s1, k, a, b, lo_j, hi_j, math.nan, math.nan, -1.0, -1.0)
                 inside = level > psi_sigma(hi_j, ell, mu, s1, k, a, b)
                 tu_lo, tu_hi = end, hi_j
             if inside and tu_hi > tu_lo:
