@@ -307,27 +307,61 @@ def sublevel_levels(t: np.ndarray, log_t: np.ndarray, rho: float, ell: float, mu
 
 
 @njit(cache=True)
+def _hermite(x: float, knots: np.ndarray, tangent: np.ndarray, u0: float, h: float, scale: float,
+             grad: bool) -> tuple[float, float]:
+    """The cubic Hermite interpolant of ``tables.CosineCdfTable`` at one x, and (with ``grad``) its
+    derivative in x, 0 outside the table; NaN stays NaN."""
+    if math.isnan(x):
+        return math.nan, 0.0
+    u = (2.0 * x - 1.0) * scale
+    z = (min(max(u, u0), -u0) - u0) / h
+    c = min(int(z), knots.size - 2)
+    s = z - c
+    f0, f1, d0, d1 = knots[c], knots[c + 1], tangent[c], tangent[c + 1]
+    r = 1.0 - s
+    value = f0 + s * s * (3.0 - 2.0 * s) * (f1 - f0) + s * r * (r * d0 - s * d1)
+    slope = 0.0
+    if grad and abs(u) < -u0:
+        slope = (6.0 * s * r * (f1 - f0) + d0 * r * (1.0 - 3.0 * s) + d1 * s * (3.0 * s - 2.0)) * (2.0 * scale / h)
+    return value, slope
+
+
+@njit(cache=True)
 def table_cdf(x: np.ndarray, knots: np.ndarray, tangent: np.ndarray, u0: float, h: float, scale: float,
               grad: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The cubic Hermite interpolant of ``tables.CosineCdfTable`` at the 1-D x and, with ``grad``, its
-    derivative in x (0 outside the table; not filled without ``grad``); NaN stays NaN. The same
-    arithmetic as the table's numpy methods."""
+    """``_hermite`` over the 1-D x: the table's CDF and (with ``grad``; zeros without) its derivative."""
     n = x.size
     out, slope = np.empty(n), np.zeros(n)
-    last = knots.size - 2
     for i in range(n):
-        xi = x[i]
-        if math.isnan(xi):
-            out[i] = math.nan
-            continue
-        u = (2.0 * xi - 1.0) * scale
-        z = (min(max(u, u0), -u0) - u0) / h
-        c = min(int(z), last)
-        s = z - c
-        f0, f1, d0, d1 = knots[c], knots[c + 1], tangent[c], tangent[c + 1]
-        r = 1.0 - s
-        out[i] = f0 + s * s * (3.0 - 2.0 * s) * (f1 - f0) + s * r * (r * d0 - s * d1)
-        if grad and abs(u) < -u0:
-            ds = 6.0 * s * r * (f1 - f0) + d0 * r * (1.0 - 3.0 * s) + d1 * s * (3.0 * s - 2.0)
-            slope[i] = ds * (2.0 * scale / h)
+        out[i], slope[i] = _hermite(x[i], knots, tangent, u0, h, scale, grad)
     return out, slope
+
+
+@njit(cache=True)
+def table_mass(x: np.ndarray, w: np.ndarray, ce: np.ndarray, cm: np.ndarray, knots: np.ndarray, tangent: np.ndarray,
+               u0: float, h: float, scale: float, grad: bool) -> tuple[float, float, float]:
+    """sum_i w_i F(x_i) on the table and, with ``grad``, sum_i w_i f(x_i) ce_i and sum_i w_i f(x_i) cm_i: the
+    mass of ``centred_levels`` and its derivatives in one pass."""
+    mass = d_ell = d_mu = 0.0
+    for i in range(x.size):
+        value, slope = _hermite(x[i], knots, tangent, u0, h, scale, grad)
+        mass += w[i] * value
+        if grad:
+            d_ell += w[i] * slope * ce[i]
+            d_mu += w[i] * slope * cm[i]
+    return mass, d_ell, d_mu
+
+
+@njit(cache=True)
+def table_interval_mass(x_lo: np.ndarray, x_hi: np.ndarray, w: np.ndarray, knots: np.ndarray, tangent: np.ndarray,
+                        u0: float, h: float, scale: float) -> float:
+    """sum_i w_i sum_j max(F(x_hi) - F(x_lo), 0) on the table, F(-inf) = 0 and F(inf) = 1: the shifted mass of
+    the interval kernels."""
+    total = 0.0
+    for j in range(x_lo.shape[0]):
+        for i in range(x_lo.shape[1]):
+            if x_hi[j, i] > x_lo[j, i]:
+                hi = _hermite(x_hi[j, i], knots, tangent, u0, h, scale, False)[0] if x_hi[j, i] < INF else 1.0
+                lo = _hermite(x_lo[j, i], knots, tangent, u0, h, scale, False)[0] if x_lo[j, i] > -INF else 0.0
+                total += w[i] * max(hi - lo, 0.0)
+    return total

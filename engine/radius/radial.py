@@ -315,6 +315,11 @@ class RadialSetting:
         log_t, m_t = self._node_terms(t)
         x, ce, cm = kernels.centred_levels(t, log_t, m_t, float(rho), float(ell), float(mu), float(s1), pure,
                                            *self._q_params)
+        table = self._table
+        if table is not None:
+            mass, d_ell, d_mu = kernels.table_mass(x, w, ce, cm, table.cdf, table.tangent, table.u0, table.h,
+                                                   table.scale, grad)
+            return (mass, d_ell, d_mu) if grad else mass
         if not grad:
             return float(w @ self.cdf(x))
         cdf, pdf = self.cdf_pdf(x)
@@ -354,6 +359,9 @@ class RadialSetting:
         x_lo, x_hi = levels
         if x_lo.size == 0:
             return 0.0
+        table = self._table
+        if table is not None:
+            return kernels.table_interval_mass(x_lo, x_hi, w, table.cdf, table.tangent, table.u0, table.h, table.scale)
         both = np.concatenate([x_lo.ravel(), x_hi.ravel()])
         # levels at +-inf (open ends, empty intervals) have CDF 1 and 0: only the others cost a CDF call
         finite = np.isfinite(both)
