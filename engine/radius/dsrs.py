@@ -84,15 +84,9 @@ def _dual_bound(setting: RadialSetting, rho: float, ell: float, mu: float, b1: f
 
 
 def _newton(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float, b1: float, b2: float,
-            mu_ok, iters: int) -> tuple[float, float, float]:
-    """Damped Newton on (P(R) - b1, Q(R) - b2) = 0 over (ell, mu), keeping mu_ok(mu). Returns (ell, mu, residual)."""
-    ell, mu, f = _newton_steps(setting, rho, ell, mu, s1, b1, b2, mu_ok, iters)
-    return ell, mu, float(np.abs(f).max())
-
-
-def _newton_steps(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float, b1: float, b2: float,
                   mu_ok, iters: int) -> tuple[float, float, np.ndarray]:
-    """``_newton``, returning the residuals (P(R) - b1, Q(R) - b2) at the last point themselves."""
+    """Damped Newton on (P(R) - b1, Q(R) - b2) = 0 over (ell, mu), keeping mu_ok(mu). Returns (ell, mu) and the
+    residuals at that point."""
 
     def residual(ell: float, mu: float):
         p, p_ell, p_mu = setting.p_mass(rho, ell, mu, grad=True, s1=s1)
@@ -181,7 +175,7 @@ def _binding_optimum(setting: RadialSetting, rho: float, p_bounds: tuple[float, 
         return None
     s1, b1, b2, sign_ok = _branches(setting, p_bounds, q_bounds)[warm.branch]
     guess = warm.predict(rho, start)
-    ell, mu, f = _newton_steps(setting, rho, *(guess if sign_ok(guess[1]) else start), s1, b1, b2, sign_ok,
+    ell, mu, f = _newton(setting, rho, *(guess if sign_ok(guess[1]) else start), s1, b1, b2, sign_ok,
                                newton_iters)
     if not (float(np.abs(f).max()) < 1e-10 and sign_ok(mu) and -700.0 < ell < 700.0):
         warm.trail.clear()
@@ -221,8 +215,12 @@ def dsrs_shifted_lower_bound(
     def solve_branch(name: str, start: tuple[float, float]) -> float:
         """Newton on the branch's two binding constraints; its bound joins the candidates."""
         s1, b1, b2, sign_ok = branches[name]
-        ell, mu, res = _newton(setting, rho, *start, s1, b1, b2, sign_ok, newton_iters)
-        candidates.append((_dual_bound(setting, rho, ell, mu, b1, b2, s1), ell, mu, s1))
+        ell, mu, f = _newton(setting, rho, *start, s1, b1, b2, sign_ok, newton_iters)
+        res = float(np.abs(f).max())
+        bound = -math.inf
+        if -700.0 < ell < 700.0 and math.isfinite(mu):  # P(R) and Q(R) from Newton's last residuals
+            bound = float(setting.shifted_mass(rho, ell, mu, s1)) - math.exp(ell) * (s1 * float(f[0]) + mu * float(f[1]))
+        candidates.append((bound, ell, mu, s1))
         if res < 1e-9 or name != "negative":  # a failed start near the face is not worth retrying
             setattr(warm, name, (ell, mu))
             warm.branch = name if res < 1e-10 else None
@@ -230,9 +228,13 @@ def dsrs_shifted_lower_bound(
 
     ell0 = warm.ell0 = solve_ell(setting, rho, p_lower, guess=warm.ell0)
     q0 = float(setting.q_mass(rho, ell0, 0.0))
-    candidates = [(_dual_bound(setting, rho, ell0, 0.0, p_lower, 0.0), ell0, 0.0, 1.0)]
+
+    def np_candidate() -> tuple[float, float, float, float]:
+        return _dual_bound(setting, rho, ell0, 0.0, p_lower, 0.0), ell0, 0.0, 1.0
+
     if q_lower <= q0 <= q_upper:
-        return candidates[0]
+        return np_candidate()
+    candidates: list[tuple[float, float, float, float]] = []
     if q0 > q_upper:  # lambda2 < 0: Q(R) must come down to qU
         solve_branch("upper", warm.upper or (ell0, 0.0))
     else:  # lambda2 > 0: Q(R) must rise to qL; which face binds is read off the lambda1 = 0 region
@@ -251,6 +253,8 @@ def dsrs_shifted_lower_bound(
                 if solve_branch("negative", start) < 1e-9:
                     break
         # else: the face region itself meets both intervals, so its bound is the optimum
+    if warm.branch is None:  # a branch that converged is a KKT point, so the dual optimum: NP's cannot beat it
+        candidates.append(np_candidate())
     best = max((c for c in candidates if math.isfinite(c[0])), key=lambda c: c[0])
     if warm.branch is not None:
         warm.trail.append((rho, *getattr(warm, warm.branch)))
@@ -319,12 +323,12 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
         return np_certified(), None  # no classifier meets both intervals: P's alone still certifies NP's radius
     # the search starts from NP's edge; NP's own certificate is only needed when DSRS does not clear it
     edge = np_edge(p_lower, d, k, sigma)
-    r_np = np_certified() if edge is None else edge
+    r_np = np_certified() if edge is None else edge[0]
     coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=COARSE_PANELS)
     search = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48, tabulated=True)
     p_lower = min(p_lower, 1.0 - 1e-15)
     bounds_p, bounds_q = (p_lower, p_upper), (q_lower, q_upper)
-    warm = WarmStart()
+    warm = WarmStart(ell0=None if edge is None else edge[1])  # NP's multiplier where the search starts
     found: dict[float, tuple[float, float, float, float]] = {}
 
     def solve(r: float) -> tuple[float, float, float, float]:
@@ -354,7 +358,7 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
     # never below NP: that radius stands from P's interval alone. A certificate 1e-6 above NP's edge (which
     # lies within 2e-9 of NP's certified radius) clears it without computing it.
     certificate = step_down(certified, r, r_np, 40)
-    if certificate is not None and (edge is None or not k or certificate[0] > edge + 1e-6 * max(sigma, edge)):
+    if certificate is not None and (edge is None or not k or certificate[0] > r_np + 1e-6 * max(sigma, r_np)):
         return float(certificate[0]), certificate[1]
     r_np = np_certified()
     if certificate is not None and certificate[0] >= r_np:

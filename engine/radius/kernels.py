@@ -30,14 +30,15 @@ def phi(t: float, k: float) -> float:
 
 
 @njit(cache=True)
-def phi_inv(y: float, k: float, u0: float = math.nan) -> float:
+def phi_inv(y: float, k: float, u0: float = math.nan, t0: float = math.nan) -> float:
     """phi^-1(y): the t > 0 with t + k ln t = y (for k > 0 a Wright omega function, t = k omega(y/k - ln k)).
 
-    Newton in u = ln t on f(u) = e^u + k u - y, which is convex with f''/f' <= 1: every step after the
-    first approaches the root from above, and a step of size s leaves an error below s^2 / 2, so the
-    loop ends after the first step below 1e-8. Rounding leaves ~2e-16 |ln t| relative, as accurate as
-    scipy's ``wrightomega`` (the tests hold the two together). ``u0`` (a nearby ln t, such as the node's own
-    when y is phi at the node plus a small offset) saves the omega start and most iterations.
+    Newton in u = ln t on f(u) = e^u + k u - y, convex with f''/f' = e^u / (e^u + k) <= 1: every step after
+    the first approaches the root from above, and a step s leaves an error of about s^2 e^u / (2 (e^u + k)),
+    so the loop ends once that is below rounding (1e-17 |u|). Rounding leaves ~2e-16 |ln t| relative, more
+    accurate than scipy's ``wrightomega`` (the tests hold the two together). ``u0`` (a nearby ln t, such as
+    the node's own when y is phi at the node plus a small offset) and its ``t0 = e^u0`` save the omega
+    start and most iterations: near a node one exp instead of four.
     """
     if k == 0.0 or math.isnan(y):
         return y
@@ -45,7 +46,11 @@ def phi_inv(y: float, k: float, u0: float = math.nan) -> float:
         return INF
     if y == -INF:
         return 0.0
-    u = u0
+    u, e = u0, t0
+    if not math.isnan(u) and math.isnan(e):
+        e = math.exp(u)
+    if not math.isnan(u) and abs(e + k * u - y) > 0.5 * (e + k):
+        u = math.nan  # more than half a unit of ln t away: from the left Newton would overshoot far (f is convex)
     if math.isnan(u):
         # omega starts within 1e-3 of its root on z < -2 (omega ~ e^z) and z > 3 (omega ~ z - ln z)
         z = y / k - math.log(k)
@@ -54,13 +59,15 @@ def phi_inv(y: float, k: float, u0: float = math.nan) -> float:
         else:
             v = math.log(z - math.log(z) + math.log(z) / z)
         u = v + math.log(k)
-    for _ in range(60):
         e = math.exp(u)
+    for _ in range(60):
         step = (e + k * u - y) / (e + k)
         u -= step
-        if abs(step) <= 1e-8 * max(1.0, abs(u)):
-            break
-    return math.exp(u)
+        if step * step * e <= 2e-17 * max(1.0, abs(u)) * (e + k):
+            # e^(u - s) = e (1 - s + s^2/2 - s^3/6) to 1e-17 for the s this leaves
+            return e * (1.0 - step * (1.0 - step * (0.5 - step / 6.0))) if abs(step) < 1e-4 else math.exp(u)
+        e = math.exp(u)
+    return e
 
 
 @njit(cache=True)
@@ -107,7 +114,7 @@ def centred_levels(t: np.ndarray, log_t: np.ndarray, m_t: np.ndarray, rho: float
             level = level - ell - math.log(g) if g > 0.0 else INF
         else:
             level -= ell
-        tau = phi_inv(level, k, log_t[i])
+        tau = phi_inv(level, k, log_t[i], ti)
         if tau == INF:
             x[i], ce[i], cm[i] = -INF, 0.0, 0.0
             continue
@@ -143,7 +150,7 @@ def offset_interval_levels(t: np.ndarray, log_t: np.ndarray, rho: float, k: floa
         sq = math.sqrt(tv)
         row, end = -1, -INF  # the last non-empty interval and its upper end
         for j in range(parts):
-            hi = min(phi_inv(level + offset[j], k, log_t[i]) / div, cap[j])
+            hi = min(phi_inv(level + offset[j], k, log_t[i], tv) / div, cap[j])
             x_lo[j, i] = x_hi[j, i] = -INF
             if not hi > lo[j]:
                 continue
@@ -281,7 +288,7 @@ def sublevel_levels(t: np.ndarray, log_t: np.ndarray, rho: float, ell: float, mu
                 if hi_j == INF:
                     # Psi >= phi - ell - ln(1 + max(mu, 0) m(left)) beyond left: its phi^-1 passes the level
                     lift = math.log1p(max(mu, 0.0) * math.exp(min(a - b * lo_j, 700.0)))
-                    hi_j = max(phi_inv(level + ell + lift, k, log_t[i]) * (1.0 + 1e-12), lo_j * 2.0 + 1.0)
+                    hi_j = max(phi_inv(level + ell + lift, k, log_t[i], tv) * (1.0 + 1e-12), lo_j * 2.0 + 1.0)
                     for _ in range(60):
                         f_hi = psi_sigma(hi_j, ell, mu, s1, k, a, b) - level
                         if f_hi > 0.0:
@@ -289,7 +296,7 @@ def sublevel_levels(t: np.ndarray, log_t: np.ndarray, rho: float, ell: float, mu
                         hi_j *= 2.0
                 # start from Psi's root with the Q term frozen at the node's own t: a few Newton steps
                 frozen = mu * math.exp(min(a - b * tv, 700.0)) if s1 > 0.0 else 0.0
-                guess = phi_inv(level + ell + math.log1p(max(frozen, -1.0 + 1e-16)), k, log_t[i])
+                guess = phi_inv(level + ell + math.log1p(max(frozen, -1.0 + 1e-16)), k, log_t[i], tv)
                 end = _root(level, ell, mu, s1, k, a, b, lo_j, hi_j, f_lo, f_hi, guess, 1.0)
                 inside = level > psi_left
                 start = 0.0 if (j == 0 and (first_open or s1 < 0.0)) else lo_j

@@ -167,16 +167,16 @@ def np_curve(d: int, k: int, sigma: float, step: float = 0.02, z_max: float = 6.
     return NpCurve(np.array(zs), np.array(rs), np.array(ells))
 
 
-def np_edge(p_lower: float, d: int, k: int, sigma: float) -> float | None:
-    """NP's radius for p_lower without its certificate, as a starting point for searches that certify
-    their own: sigma Phi^-1(p_lower) for the Gaussian (exact), the tabulated edge for GG(d, k, sigma)
-    (within 2e-9 of the searched radius where tested; None outside the table)."""
-    if p_lower <= 0.5:
-        return 0.0
+def np_edge(p_lower: float, d: int, k: int, sigma: float) -> tuple[float, float] | None:
+    """NP's radius for p_lower > 1/2 and its multiplier ell there, without a certificate: a starting point
+    for searches that certify their own. The Gaussian's are exact: r = sigma Phi^-1(p_lower) and, R being
+    the half-space {<z, e> < sigma Phi^-1(p_lower)} with ln(p_delta / p) = (r <z, e> - r^2 / 2) / sigma^2
+    there, ell = r^2 / (2 sigma^2). GG(d, k, sigma)'s come from the tabulated edge (radii within 2e-9 of
+    the searched ones where tested; None outside the table)."""
     if not k:
-        return gaussian_np_radius(p_lower, sigma)
-    found = np_curve(d, k, sigma).at(min(p_lower, 1.0 - 1e-15))
-    return None if found is None else found[0]
+        r = gaussian_np_radius(p_lower, sigma)
+        return r, r * r / (2.0 * sigma * sigma)
+    return np_curve(d, k, sigma).at(min(p_lower, 1.0 - 1e-15))
 
 
 @lru_cache(maxsize=4096)
