@@ -84,39 +84,40 @@ def _dual_bound(setting: RadialSetting, rho: float, ell: float, mu: float, b1: f
 
 
 def _newton(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float, b1: float, b2: float,
-                  mu_ok, iters: int) -> tuple[float, float, np.ndarray]:
+            mu_ok, iters: int) -> tuple[float, float, tuple[float, float]]:
     """Damped Newton on (P(R) - b1, Q(R) - b2) = 0 over (ell, mu), keeping mu_ok(mu). Returns (ell, mu) and the
     residuals at that point."""
 
-    def residual(ell: float, mu: float):
+    def residual(ell: float, mu: float) -> tuple[float, float, tuple[float, float, float, float]]:
         p, p_ell, p_mu = setting.p_mass(rho, ell, mu, grad=True, s1=s1)
         q, q_ell, q_mu = setting.q_mass(rho, ell, mu, grad=True, s1=s1)
-        return np.array([float(p) - b1, float(q) - b2]), np.array([[p_ell, p_mu], [q_ell, q_mu]], dtype=float)
+        return p - b1, q - b2, (p_ell, p_mu, q_ell, q_mu)
 
-    f, jac = residual(ell, mu)
+    f0, f1, jac = residual(ell, mu)
     for _ in range(iters):
-        norm = float(np.abs(f).max())
+        norm = max(abs(f0), abs(f1))
         if not math.isfinite(norm) or norm < 1e-13:
             break
-        try:
-            step = np.linalg.solve(jac, -f)
-        except np.linalg.LinAlgError:
+        a, b, c, d = jac
+        det = a * d - b * c
+        if det == 0.0 or not math.isfinite(det):
             break
-        if not np.all(np.isfinite(step)):
+        step = ((b * f1 - d * f0) / det, (c * f0 - a * f1) / det)  # solves jac @ step = -f
+        if not (math.isfinite(step[0]) and math.isfinite(step[1])):
             break
         t, improved = 1.0, False
         for _ in range(12):
             new_ell, new_mu = ell + t * step[0], mu + t * step[1]
             if mu_ok(new_mu):
-                new_f, new_jac = residual(new_ell, new_mu)
-                if float(np.abs(new_f).max()) < norm:
+                new_f0, new_f1, new_jac = residual(new_ell, new_mu)
+                if max(abs(new_f0), abs(new_f1)) < norm:
                     improved = True
                     break
             t *= 0.5
         if not improved:
             break
-        ell, mu, f, jac = new_ell, new_mu, new_f, new_jac
-    return ell, mu, f
+        ell, mu, f0, f1, jac = new_ell, new_mu, new_f0, new_f1, new_jac
+    return ell, mu, (f0, f1)
 
 
 def bound_ends(p_bounds: tuple[float, float], q_bounds: tuple[float, float], mu: float,
@@ -177,7 +178,7 @@ def _binding_optimum(setting: RadialSetting, rho: float, p_bounds: tuple[float, 
     guess = warm.predict(rho, start)
     ell, mu, f = _newton(setting, rho, *(guess if sign_ok(guess[1]) else start), s1, b1, b2, sign_ok,
                                newton_iters)
-    if not (float(np.abs(f).max()) < 1e-10 and sign_ok(mu) and -700.0 < ell < 700.0):
+    if not (max(abs(f[0]), abs(f[1])) < 1e-10 and sign_ok(mu) and -700.0 < ell < 700.0):
         warm.trail.clear()
         return None
     setattr(warm, warm.branch, (ell, mu))
@@ -216,7 +217,7 @@ def dsrs_shifted_lower_bound(
         """Newton on the branch's two binding constraints; its bound joins the candidates."""
         s1, b1, b2, sign_ok = branches[name]
         ell, mu, f = _newton(setting, rho, *start, s1, b1, b2, sign_ok, newton_iters)
-        res = float(np.abs(f).max())
+        res = max(abs(f[0]), abs(f[1]))
         bound = -math.inf
         if -700.0 < ell < 700.0 and math.isfinite(mu):  # P(R) and Q(R) from Newton's last residuals
             bound = float(setting.shifted_mass(rho, ell, mu, s1)) - math.exp(ell) * (s1 * float(f[0]) + mu * float(f[1]))
