@@ -82,17 +82,22 @@ def summarise(radii: list[float], correct: list[bool]) -> dict:
     }
 
 
-def run_both(model, xs, ys, cfg, device) -> dict[str, tuple[float, int, dict]]:
-    """Certify every input with both implementations, interleaved (alternating which goes first) so that
-    drift in machine load hits both timings alike."""
-    engines = {
-        "ours": SmoothedClassifier(copy.deepcopy(model), 10, Gaussian(SIGMA), channels_last=True),
-        "ours_nchw": SmoothedClassifier(model, 10, Gaussian(SIGMA)),
-        "ours_bf16": SmoothedClassifier(copy.deepcopy(model), 10, Gaussian(SIGMA), channels_last=True,
-                                        dtype=torch.bfloat16),
-        "ours_compiled": SmoothedClassifier(copy.deepcopy(model), 10, Gaussian(SIGMA), channels_last=True,
-                                            compile=True),
+def run_both(model, xs, ys, cfg, device, *, num_classes: int = 10, sigma: float = SIGMA,
+             variants: tuple[str, ...] = ("ours", "ours_nchw", "ours_bf16", "ours_compiled")
+             ) -> dict[str, tuple[float, int, dict]]:
+    """Certify every input with each of our ``variants`` and with Cohen's loop, interleaved (alternating
+    which goes first) so that drift in machine load hits every timing alike; and time the bare forward
+    pass of each variant's model on a pre-drawn noisy batch (the ceiling of its sampling)."""
+    options = {
+        "ours": {"channels_last": True},
+        "ours_nchw": {},
+        "ours_bf16": {"channels_last": True, "dtype": torch.bfloat16},
+        "ours_compiled": {"channels_last": True, "compile": True},
+        # on a GPU: torch.compile's CUDA graphs, replayed on the static noise buffer
+        "ours_cudagraphs": {"channels_last": True, "compile": "reduce-overhead"},
     }
+    engines = {name: SmoothedClassifier(model if name == "ours_nchw" else copy.deepcopy(model), num_classes,
+                                        Gaussian(sigma), **options[name]) for name in variants}
 
     def engine(name: str) -> Callable[[int, torch.Tensor], tuple[int, float, int]]:
         def run(i: int, x: torch.Tensor) -> tuple[int, float, int]:
@@ -103,7 +108,8 @@ def run_both(model, xs, ys, cfg, device) -> dict[str, tuple[float, int, dict]]:
 
     def cohen(i: int, x: torch.Tensor) -> tuple[int, float, int]:
         torch.manual_seed(i)
-        c, radius = cohen_reference.certify(model, x, cfg["n0"], cfg["n"], ALPHA, cfg["batch_size"], SIGMA, 10)
+        c, radius = cohen_reference.certify(model, x, cfg["n0"], cfg["n"], ALPHA, cfg["batch_size"], sigma,
+                                            num_classes)
         return c, radius, cfg["n0"] + cfg["n"]
 
     noisy = {}  # one pre-drawn noisy batch per input: the forward pass alone, in each layout
@@ -112,7 +118,7 @@ def run_both(model, xs, ys, cfg, device) -> dict[str, tuple[float, int, dict]]:
         def run(i: int, x: torch.Tensor) -> tuple[int, float, int]:
             if (i, layout, id(net)) not in noisy:
                 gen = torch.Generator(device=x.device).manual_seed(i)
-                batch = x + SIGMA * torch.randn((cfg["batch_size"], *x.shape), device=x.device, generator=gen)
+                batch = x + sigma * torch.randn((cfg["batch_size"], *x.shape), device=x.device, generator=gen)
                 noisy[i, layout, id(net)] = batch.contiguous(memory_format=layout).to(next(net.parameters()).dtype)
             steps = -(-(cfg["n0"] + cfg["n"]) // cfg["batch_size"])
             with torch.inference_mode():
@@ -122,12 +128,13 @@ def run_both(model, xs, ys, cfg, device) -> dict[str, tuple[float, int, dict]]:
 
         return run
 
-    runners = {"ours": engine("ours"), "ours_nchw": engine("ours_nchw"), "ours_bf16": engine("ours_bf16"),
-               "ours_compiled": engine("ours_compiled"), "cohen": cohen,
-               "forward_only": forward_only(model, torch.contiguous_format),
-               "forward_only_channels_last": forward_only(engines["ours"].model, torch.channels_last),
-               "forward_only_bf16": forward_only(engines["ours_bf16"].model, torch.channels_last),
-               "forward_only_compiled": forward_only(engines["ours_compiled"].model, torch.channels_last)}
+    runners: dict[str, Callable] = {name: engine(name) for name in variants}
+    runners["cohen"] = cohen
+    runners["forward_only"] = forward_only(model, torch.contiguous_format)
+    for name in variants:
+        if name != "ours_nchw":
+            suffix = name.removeprefix("ours").replace("_", "", 1)
+            runners[f"forward_only_{suffix or 'channels_last'}"] = forward_only(engines[name].model, torch.channels_last)
     seconds = dict.fromkeys(runners, 0.0)
     samples = dict.fromkeys(runners, 0)
     radii: dict[str, list[float]] = {name: [] for name in runners}
@@ -144,6 +151,61 @@ def run_both(model, xs, ys, cfg, device) -> dict[str, tuple[float, int, dict]]:
             radii[name].append(radius)
             correct[name].append(prediction == int(y))
     return {name: (seconds[name], samples[name], summarise(radii[name], correct[name])) for name in runners}
+
+
+# Issue 6, target 2 on CIFAR and ImageNet-size models (random weights: throughput only). On a GPU at
+# BENCH=full; on a CPU a few hundred samples show the ratio at a scale the CPU can run.
+LARGE_MODELS = {
+    "cifar_resnet110": {"shape": (3, 32, 32), "classes": 10},
+    "resnet50": {"shape": (3, 224, 224), "classes": 1000},
+}
+LARGE_PRESETS = {
+    "cpu": {"n": 200, "n0": 20, "batch_size": 100, "inputs": 1, "models": ("cifar_resnet110",),
+            "variants": ("ours", "ours_nchw", "ours_bf16")},
+    "cuda": {"n": 10_000, "n0": 100, "batch_size": 1000, "inputs": 2, "models": tuple(LARGE_MODELS),
+             "variants": ("ours", "ours_nchw", "ours_bf16", "ours_compiled", "ours_cudagraphs")},
+}
+
+
+def compare_large_models(device: torch.device) -> list[dict]:
+    """Ours (each variant) against Cohen's fp32 loop on a CIFAR ResNet-110 and a torchvision ResNet-50 at
+    224 px, same n, device and inputs. One failing model or variant is recorded, not fatal: a device run is
+    scarce and the other figures still count."""
+    preset = LARGE_PRESETS["cuda" if device.type == "cuda" else "cpu"]
+    cfg = {k: preset[k] for k in ("n", "n0", "batch_size")}
+    out = []
+    for name in preset["models"]:
+        spec = LARGE_MODELS[name]
+        row: dict = {"model": f"{name} (random weights), {'x'.join(map(str, spec['shape']))}", "n": cfg["n"],
+                     "n0": cfg["n0"], "batch_size": cfg["batch_size"], "inputs": preset["inputs"],
+                     "device": device_name(device)}
+        try:
+            torch.manual_seed(0)
+            model = create_model(name, num_classes=spec["classes"]).to(device)
+            xs = torch.rand((preset["inputs"], *spec["shape"]), generator=torch.Generator().manual_seed(0)).to(device)
+            ys = torch.zeros(preset["inputs"], dtype=torch.long)
+            warm = {**cfg, "n": cfg["batch_size"], "n0": cfg["batch_size"]}
+            run_both(model, xs[:1], ys[:1], warm, device, num_classes=spec["classes"], variants=preset["variants"])
+            timings = run_both(model, xs, ys, cfg, device, num_classes=spec["classes"], variants=preset["variants"])
+        except Exception as error:  # noqa: BLE001 - recorded in the results, the run goes on
+            row["error"] = repr(error)
+            out.append(row)
+            continue
+        cohen_s, cohen_samples, _ = timings["cohen"]
+        row.update({"cohen_s": cohen_s, "cohen_samples_per_s": cohen_samples / cohen_s})
+        for variant in preset["variants"]:
+            ours_s, ours_samples, stats = timings[variant]
+            key = "ours" if variant == "ours" else variant
+            row[f"{key}_s"] = ours_s
+            row[f"speedup_vs_cohen{'' if variant == 'ours' else variant.removeprefix('ours')}"] = (
+                (ours_samples / ours_s) / (cohen_samples / cohen_s))
+            row[f"{key}_acr"] = stats["acr"]
+        row["cohen_acr"] = timings["cohen"][2]["acr"]
+        row["forward_only_samples_per_s"] = {name: s / t for name, (t, s, _) in timings.items()
+                                             if name.startswith("forward_only")}
+        row["precision"] = "fp32 (ours, ours_nchw, ours_compiled, ours_cudagraphs, cohen); bf16 (ours_bf16)"
+        out.append(row)
+    return out
 
 
 def time_dsrs_radius(calls: int) -> dict:
@@ -327,6 +389,7 @@ def main() -> dict:
     packing = time_packing(model, data.x[: cfg["pack_inputs"]].to(device), cfg, device)
     schedules = compare_schedules(cfg, device)
     published = compare_schedules_on_published_pa(cfg, device)
+    large = compare_large_models(device)
     result = {
         "preset": preset,
         "device": device_name(device),
@@ -359,6 +422,7 @@ def main() -> dict:
         "packing": packing,
         "schedules": schedules,
         "schedules_published_pa": published,
+        "large_models": large,
         "torch": torch.__version__,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -406,6 +470,14 @@ def performance_markdown(r: dict) -> str:
         (f"| packing {p['inputs']} small inputs (>= 5x) | same | {p['n']:,} | {p['packed_s']:.2f} s | "
         f"{p['one_at_a_time_s']:.2f} s one at a time | {p['speedup']:.2f}x |"),
     ]
+    for m in r.get("large_models", []):
+        if "error" in m:
+            lines.append(f"| against Cohen's loop | {m['model']} | {m['n']:,} | failed: {m['error']} | - | - |")
+            continue
+        for key in sorted(k for k in m if k.startswith("speedup_vs_cohen")):
+            variant = "ours" + key.removeprefix("speedup_vs_cohen")
+            lines.append(f"| against Cohen's fp32 loop (>= 3x on an H100), {variant} | {m['model']} | {m['n']:,} | "
+                         f"{m[variant + '_s']:.2f} s | {m['cohen_s']:.2f} s | {m[key]:.2f}x |")
     for s in (r.get("schedules"), r.get("schedules_published_pa")):
         if not s:
             continue
@@ -463,6 +535,10 @@ def print_report(r: dict) -> None:
     for name in ("ours", "ours_nchw", "ours_bf16", "ours_compiled", "cohen"):
         curve = r[name]["certified_accuracy"]
         print(f"{name:<9} " + " ".join(f"{curve[str(g)]:>6.3f}" for g in GRID) + f"  {r[name]['acr']:.4f}")
+    for m in r.get("large_models", []):
+        ratios = ", ".join(f"{'ours' + k.removeprefix('speedup_vs_cohen')} {m[k]:.2f}x" for k in sorted(m)
+                           if k.startswith("speedup_vs_cohen"))
+        print(f"{m['model']}, n={m['n']:,}: " + m.get("error", f"against Cohen's loop {ratios}"))
     for name, t in r["dsrs_radius_ms"].items():
         print(f"dsrs_radius CIFAR GG(3072,1530,0.5) {name}: {t['median_ms']:.1f} ms median, p90 {t['p90_ms']:.1f} "
               f"(cold {t['cold_ms']:.0f} ms, {t['first_call_without_kernel_cache_s']:.1f} s compiling the kernels); "

@@ -74,7 +74,7 @@ class SmoothedClassifier:
     """Randomized smoothing of ``model`` (a batch in the [0, 1] input scale -> logits) under ``noise``."""
 
     def __init__(self, model: Classifier, num_classes: int, noise: Noise, *, channels_last: bool = False,
-                 dtype: torch.dtype | None = None, compile: bool = False) -> None:
+                 dtype: torch.dtype | None = None, compile: bool | str = False) -> None:
         """``channels_last=True`` converts ``model`` in place to NHWC weights and feeds it NHWC batches:
         faster convolutions on CPU (oneDNN) and GPU (cuDNN), the same function up to rounding.
 
@@ -85,7 +85,8 @@ class SmoothedClassifier:
         ``compile=True`` runs the model through ``torch.compile`` (after the conversions above) and feeds
         it batches of one shape, so it compiles once per batch size; the first call pays the compile. A
         module that ``torch.compile`` wrapped already is kept as it is, so a caller that keeps the wrapper
-        (a worker, across shards) keeps the graphs it compiled.
+        (a worker, across shards) keeps the graphs it compiled. A string is ``torch.compile``'s mode:
+        ``"reduce-overhead"`` replays CUDA graphs on a GPU, which the static batch shapes allow.
         """
         if noise.threshold is not None:
             raise ValueError("the smoothing distribution P must not be truncated; truncation is DSRS's Q")
@@ -99,9 +100,9 @@ class SmoothedClassifier:
                 model.to(dtype)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
-        self.compiled = compile
+        self.compiled = bool(compile)
         if compile and not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-            self.model = torch.compile(model, dynamic=False)
+            self.model = torch.compile(model, dynamic=False, mode=compile if isinstance(compile, str) else None)
 
     @property
     def device(self) -> torch.device:
