@@ -176,16 +176,23 @@ def _binding_optimum(setting: RadialSetting, rho: float, p_bounds: tuple[float, 
         return None
     s1, b1, b2, sign_ok = _branches(setting, p_bounds, q_bounds)[warm.branch]
     guess = warm.predict(rho, start)
-    ell, mu, f = _newton(setting, rho, *(guess if sign_ok(guess[1]) else start), s1, b1, b2, sign_ok,
-                               newton_iters)
+    ell, mu, f = _newton(setting, rho, *(guess if sign_ok(guess[1]) else start), s1, b1, b2, sign_ok, newton_iters)
     if not (max(abs(f[0]), abs(f[1])) < 1e-10 and sign_ok(mu) and -700.0 < ell < 700.0):
         warm.trail.clear()
         return None
     setattr(warm, warm.branch, (ell, mu))
     warm.trail.append((rho, ell, mu))
-    # the dual bound, with P(R) and Q(R) taken from Newton's last residuals rather than integrated again
+    return _residual_bound(setting, rho, ell, mu, s1, f), ell, mu, s1
+
+
+def _residual_bound(setting: RadialSetting, rho: float, ell: float, mu: float, s1: float,
+                    residuals: tuple[float, float]) -> float:
+    """The dual bound of ``_dual_bound`` with P(R) - b1 and Q(R) - b2 taken from Newton's last residuals
+    rather than integrated again."""
+    if not -700.0 < ell < 700.0 or not math.isfinite(mu):
+        return -math.inf
     shifted = float(setting.shifted_mass(rho, ell, mu, s1))
-    return shifted - math.exp(ell) * (s1 * float(f[0]) + mu * float(f[1])), ell, mu, s1
+    return shifted - math.exp(ell) * (s1 * residuals[0] + mu * residuals[1])
 
 
 def dsrs_shifted_lower_bound(
@@ -218,10 +225,7 @@ def dsrs_shifted_lower_bound(
         s1, b1, b2, sign_ok = branches[name]
         ell, mu, f = _newton(setting, rho, *start, s1, b1, b2, sign_ok, newton_iters)
         res = max(abs(f[0]), abs(f[1]))
-        bound = -math.inf
-        if -700.0 < ell < 700.0 and math.isfinite(mu):  # P(R) and Q(R) from Newton's last residuals
-            bound = float(setting.shifted_mass(rho, ell, mu, s1)) - math.exp(ell) * (s1 * float(f[0]) + mu * float(f[1]))
-        candidates.append((bound, ell, mu, s1))
+        candidates.append((_residual_bound(setting, rho, ell, mu, s1, f), ell, mu, s1))
         if res < 1e-9 or name != "negative":  # a failed start near the face is not worth retrying
             setattr(warm, name, (ell, mu))
             warm.branch = name if res < 1e-10 else None
@@ -323,12 +327,11 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
     if not intervals_consistent(exact, (p_lower, p_upper), (q_lower, q_upper)):
         return np_certified(), None  # no classifier meets both intervals: P's alone still certifies NP's radius
     # the search starts from NP's edge; NP's own certificate is only needed when DSRS does not clear it
-    edge = np_edge(p_lower, d, k, sigma)
+    bounds_p, bounds_q = (min(p_lower, 1.0 - 1e-15), p_upper), (q_lower, q_upper)
+    edge = np_edge(bounds_p[0], d, k, sigma)
     r_np = np_certified() if edge is None else edge[0]
     coarse = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=COARSE_PANELS)
     search = radial_setting(d, k, sigma, q_sigma, q_threshold, panels=48, tabulated=True)
-    p_lower = min(p_lower, 1.0 - 1e-15)
-    bounds_p, bounds_q = (p_lower, p_upper), (q_lower, q_upper)
     warm = WarmStart(ell0=None if edge is None else edge[1])  # NP's multiplier where the search starts
     found: dict[float, tuple[float, float, float, float]] = {}
 

@@ -3,10 +3,10 @@
 Each radius search evaluates the same few integrals hundreds of times on a few hundred nodes; in
 numpy every evaluation was some forty array passes and temporaries, and their overhead, not the
 arithmetic, set the cost. Here each integrand is one loop over the nodes (numba, compiled once and
-cached on disk). The kernels only do geometry: they map each node to the cosine levels
-x = (1 + c) / 2 whose Beta(beta, beta) CDF the integral sums. That CDF is evaluated by the caller,
-on the exact rule (``radial.beta_cdf``, Student's t) or on the search's table (``table_cdf`` here),
-so a certificate's numbers come from the same law as before.
+cached on disk). The geometry kernels map each node to the cosine levels x = (1 + c) / 2 whose
+Beta(beta, beta) CDF the integral sums. On the exact rule, which certifies, the caller evaluates that
+CDF with scipy (``radial.beta_cdf``, Student's t), so a certificate's numbers come from the same law
+as before; on a search's table the sums are taken here too (``table_mass``, ``table_interval_mass``).
 
 Notation as in ``radial``: phi(t) = t + k ln t, Psi(t) = phi(t) - ell - ln(s1 + mu m(t)) with
 m = q / p: 0 (no Q), exp(a - b t) (Q at a smaller sigma), 1 / T on t <= t_cut (Q truncated).

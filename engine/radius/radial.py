@@ -285,9 +285,13 @@ class RadialSetting:
 
     def _node_terms(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ln t, m(t)) at radial nodes t: what the kernels read at every node (kept for the fixed rules)."""
-        cached = self._terms.get(id(t))
-        if cached is not None and cached[0] is t:
-            return cached[1]
+        if t is self.p_nodes[0]:
+            return self._p_terms
+        if t is self._q_t:
+            return self._q_terms
+        return self._terms_at(t)
+
+    def _terms_at(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, kind, a, b, t_cut, threshold = self._q_params
         if kind == Q_SIGMA:
             m = np.exp(np.minimum(a - b * t, 700.0))
@@ -295,14 +299,19 @@ class RadialSetting:
             m = np.where(t <= t_cut, 1.0 / threshold, 0.0)
         else:
             m = np.zeros_like(t)
-        terms = (np.log(t), m)
-        if t is self.p_nodes[0] or (kind != Q_NONE and t is self.q_nodes[0]):
-            self._terms[id(t)] = (t, terms)
-        return terms
+        return np.log(t), m
 
     @cached_property
-    def _terms(self) -> dict:
-        return {}
+    def _p_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._terms_at(self.p_nodes[0])
+
+    @cached_property
+    def _q_t(self) -> np.ndarray | None:
+        return None if self.q_sigma is None and self.q_threshold is None else self.q_nodes[0]
+
+    @cached_property
+    def _q_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._terms_at(self.q_nodes[0])
 
     # -- region probabilities under P and Q (radial variable = ||z||) ----------------------
     def centred_mass(self, t: np.ndarray, w: np.ndarray, rho: float, ell: float, mu: float, grad: bool = False,
