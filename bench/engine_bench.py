@@ -445,8 +445,9 @@ def performance_markdown(r: dict) -> str:
         "same process on the same device (`bench/results/engine.json` holds the raw numbers)."),
     ]
     if "cpu" in r["device"].lower():
-        lines.append("No GPU run is recorded yet: the GPU rows (ResNet-110, ResNet-50 at 224 px, bf16, compile, CUDA "
-                     "graphs) need `BENCH=full make bench` on a GPU machine.")
+        lines.append("No GPU run is recorded yet: the GPU rows (ResNet-110 and ResNet-50 at 224 px at n = 10,000, bf16, "
+                     "compile, CUDA graphs) need `scripts/device_bench.sh` (`BENCH=full`) on a GPU machine; on this CPU "
+                     "ResNet-110 runs at n = 200.")
     p = r["packing"]
     lines += [
         "", "| target | model | n | ours | baseline | ratio |", "|---|---|---|---|---|---|",
