@@ -195,11 +195,9 @@ def compare_large_models(device: torch.device) -> list[dict]:
         row.update({"cohen_s": cohen_s, "cohen_samples_per_s": cohen_samples / cohen_s})
         for variant in preset["variants"]:
             ours_s, ours_samples, stats = timings[variant]
-            key = "ours" if variant == "ours" else variant
-            row[f"{key}_s"] = ours_s
-            row[f"speedup_vs_cohen{'' if variant == 'ours' else variant.removeprefix('ours')}"] = (
-                (ours_samples / ours_s) / (cohen_samples / cohen_s))
-            row[f"{key}_acr"] = stats["acr"]
+            row[f"{variant}_s"] = ours_s
+            row[f"speedup_vs_cohen{variant.removeprefix('ours')}"] = (ours_samples / ours_s) / (cohen_samples / cohen_s)
+            row[f"{variant}_acr"] = stats["acr"]
         row["cohen_acr"] = timings["cohen"][2]["acr"]
         row["forward_only_samples_per_s"] = {name: s / t for name, (t, s, _) in timings.items()
                                              if name.startswith("forward_only")}

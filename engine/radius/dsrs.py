@@ -25,6 +25,7 @@ from scipy.special import gammainc, gammaincc, gammainccinv, gammaincinv
 from engine.radius.np import (
     COARSE_PANELS,
     SEARCH_MARGIN,
+    _integrals,
     checked_bound,
     np_edge,
     np_radius,
@@ -77,9 +78,7 @@ def _dual_bound(setting: RadialSetting, rho: float, ell: float, mu: float, b1: f
     """The weak-duality lower bound at lambda1 = s1 e^ell, lambda2 = mu e^ell (b1: pL if s1 > 0 else pU)."""
     if not -700.0 < ell < 700.0 or not math.isfinite(mu):
         return -math.inf  # multipliers out of range: no usable bound
-    shifted = float(setting.shifted_mass(rho, ell, mu, s1))
-    p = float(setting.p_mass(rho, ell, mu, s1=s1))
-    q = float(setting.q_mass(rho, ell, mu, s1=s1)) if mu != 0.0 else 0.0
+    shifted, p, q = _integrals(setting, rho, ell, mu, s1)
     return shifted - math.exp(ell) * (s1 * (p - b1) + mu * (q - b2))
 
 

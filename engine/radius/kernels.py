@@ -277,13 +277,12 @@ def sublevel_levels(t: np.ndarray, log_t: np.ndarray, rho: float, ell: float, mu
             lo_j, hi_j = left[j], right[j]
             inside = False
             if rising[j]:
-                if j == 0 and first_open and s1 > 0.0:
+                opens = j == 0 and first_open  # the piece starts at t = 0, where Psi(0+) = -inf for k > 0
+                if opens:
                     psi_left = -INF if k > 0.0 else psi_sigma(0.0, ell, mu, s1, k, a, b)
-                elif j == 0 and s1 < 0.0:
-                    psi_left = -INF if k > 0.0 else psi_sigma(lo_j, ell, mu, s1, k, a, b)
                 else:
                     psi_left = psi_sigma(lo_j, ell, mu, s1, k, a, b)
-                f_lo = -INF if (j == 0 and k > 0.0 and (first_open or s1 < 0.0)) else math.nan  # Psi(0+) = -inf
+                f_lo = -INF if (opens and k > 0.0) else math.nan
                 f_hi = math.nan
                 if hi_j == INF:
                     # Psi >= phi - ell - ln(1 + max(mu, 0) m(left)) beyond left: its phi^-1 passes the level
@@ -299,7 +298,7 @@ def sublevel_levels(t: np.ndarray, log_t: np.ndarray, rho: float, ell: float, mu
                 guess = phi_inv(level + ell + math.log1p(max(frozen, -1.0 + 1e-16)), k, log_t[i], tv)
                 end = _root(level, ell, mu, s1, k, a, b, lo_j, hi_j, f_lo, f_hi, guess, 1.0)
                 inside = level > psi_left
-                start = 0.0 if (j == 0 and (first_open or s1 < 0.0)) else lo_j
+                start = 0.0 if opens else lo_j
                 tu_lo, tu_hi = start, end
             else:
                 end = _root(level, ell, mu, s1, k, a, b, lo_j, hi_j, math.nan, math.nan, -1.0, -1.0)
