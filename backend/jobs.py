@@ -104,6 +104,9 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, shard_size:
     if job_in.config.compile and (row := _format_outside(used, COMPILABLE_FORMATS)):
         raise Invalid(f"compile runs PyTorch modules through torch.compile ({', '.join(COMPILABLE_FORMATS)} "
                       f"files); model {row.id} ({row.name}) is {row.format.value}, a compiled graph already")
+    if job_in.config.freeze and (row := _format_outside(used, FREEZABLE_FORMATS)):
+        raise Invalid(f"freeze scripts PyTorch modules into TorchScript ({', '.join(FREEZABLE_FORMATS)} files); "
+                      f"model {row.id} ({row.name}) is {row.format.value}, which TorchScript cannot script")
     found = find_dataset(session=session, ref=job_in.dataset, owner=owner)
     if found is None:
         raise NotFound(f"dataset {job_in.dataset!r} not found")
@@ -190,6 +193,9 @@ CONVERTIBLE_FORMATS = ("state_dict", "safetensors")
 # programs (their module() compiles, the certificates those of the eager program); TorchScript archives and
 # ONNX graphs (run by onnxruntime) are compiled graphs already
 COMPILABLE_FORMATS = ("state_dict", "safetensors", "export")
+# formats whose modules freeze into one TorchScript graph: the registry's architectures, and TorchScript archives
+# themselves; torch.export programs and ONNX graphs do not script
+FREEZABLE_FORMATS = ("state_dict", "safetensors", "torchscript")
 
 
 def count_rows(*, session: Session, job: Job) -> int:

@@ -188,6 +188,12 @@ class JobConfig(SQLModel):
                                                      "function, up to floating-point rounding. PyTorch modules only "
                                                      "(state_dict, safetensors and torch.export files); TorchScript "
                                                      "and ONNX models are refused")
+    freeze: bool = Field(default=False, description="script the model (with its denoiser) and freeze it into one "
+                                                    "TorchScript graph optimised for inference (BatchNorm folded, "
+                                                    "weights prepacked for oneDNN): the fast path on CPU workers, "
+                                                    "ready at once. The certificates are those of the same function, "
+                                                    "up to floating-point rounding. State dict, safetensors and "
+                                                    "TorchScript files; not with compile")
     seed: int | None = Field(default=None, description="input i uses seed + i; with pack > 1, each group of "
                                                        "inputs uses seed + the group's first index")
 
@@ -206,6 +212,8 @@ class JobConfig(SQLModel):
             raise ValueError("pack (inputs certified together) works with a fixed n or iss_delta, not sequential_delta")
         if self.method is Method.dsrs and (self.q_sigma is None) == (self.q_threshold is None):
             raise ValueError("method dsrs needs exactly one of q_sigma and q_threshold")
+        if self.freeze and self.compile:
+            raise ValueError("freeze and compile are two ways to compile the model: choose one")
         if self.noise is NoiseKind.gaussian and self.k:
             raise ValueError("k is for general_gaussian noise")
         return self

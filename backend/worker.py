@@ -35,6 +35,7 @@ from backend.models import Job, JobConfig, JobState, Model, Owner, ResultRow, Sh
 from backend.queue import SHARD_TASK, ShardTask, redis_settings
 from engine.data import ImageDataset
 from engine.denoise import denoised_classifier
+from engine.freeze import freeze_model
 from engine.noise import make_noise
 from engine.schedule import SampleSchedule, make_schedule
 from engine.smooth import CertifyResult, SmoothedClassifier
@@ -64,7 +65,7 @@ class Resources:
         self.settings = settings
         self.device = settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")
         self.models: OrderedDict[Any, torch.nn.Module] = OrderedDict()
-        # torch.compile wrappers of compiled jobs' base classifiers, each over copies of its own
+        # compiled jobs' base classifiers (torch.compile wrappers, frozen graphs), each over copies of its own
         self.compiled: OrderedDict[Any, torch.nn.Module] = OrderedDict()
         self.datasets: OrderedDict[tuple[int, str, str], ImageDataset] = OrderedDict()
         self.lock = threading.RLock()  # guards the caches
@@ -88,14 +89,14 @@ class Resources:
 
     def base_classifier(self, session: Session, job: Job, config: JobConfig) -> torch.nn.Module:
         """The job's model, or classifier(denoiser(x)) with the denoiser's noise level fixed to the job's sigma;
-        for a compiled job, that base classifier wrapped by torch.compile."""
+        for a compiled job, that base classifier wrapped by torch.compile, or frozen into one graph."""
         # a bf16 job converts its copies in place, so they are cached apart from the fp32 ones
         precision = "bf16" if config.bf16 else "fp32"
-        if config.compile:
+        if config.compile or config.freeze:
             # the wrapper is kept, so later shards of compiled jobs reuse the graphs it compiled (that is where
             # compiling pays); it owns fresh copies, so an eager job never runs or converts a compiled job's model
             sigma = None if config.denoiser_id is None else config.sigma
-            key = (job.model_id, config.denoiser_id, sigma, precision)
+            key = ("freeze" if config.freeze else "compile", job.model_id, config.denoiser_id, sigma, precision)
             return self._remember(self.compiled, key, lambda: self._compile(session, job, config, key))
         net = self.model(session.get(Model, job.model_id), key=(job.model_id, precision))
         if config.denoiser_id is None:
@@ -106,10 +107,14 @@ class Resources:
         return denoised_classifier(net, denoiser, config.sigma)
 
     def _compile(self, session: Session, job: Job, config: JobConfig, key: Any) -> torch.nn.Module:
-        """torch.compile of the base classifier (the composed one for a denoised job), on fresh copies."""
+        """torch.compile of the base classifier (the composed one for a denoised job), on fresh copies; or,
+        for ``config.freeze``, those copies in the job's precision frozen into one TorchScript graph."""
         net = self.load(session.get(Model, job.model_id))
         if config.denoiser_id is not None:
             net = denoised_classifier(net, self.load(session.get(Model, config.denoiser_id)), config.sigma)
+        if config.freeze:
+            log.info("base classifier frozen", job=job.id, key=key)
+            return freeze_model(net.to(torch.bfloat16) if config.bf16 else net)
         log.info("base classifier wrapped in torch.compile", job=job.id, key=key)
         # the graphs themselves are compiled by the first batch of each size, as SmoothedClassifier compiles
         return torch.compile(net.eval(), dynamic=False)
@@ -150,7 +155,8 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
     # a compiled job's net is the cached torch.compile wrapper: SmoothedClassifier keeps it (converting the
     # module inside it on its first shard) and feeds it batches of one shape per size
     smoothed = SmoothedClassifier(net, classes, noise, channels_last=eager,
-                                  dtype=torch.bfloat16 if config.bf16 else None, compile=config.compile)
+                                  dtype=torch.bfloat16 if config.bf16 else None, compile=config.compile,
+                                  freeze=config.freeze)
     return ShardWork(shard, config, smoothed, data, sample_schedule(config),
                      [i for i in shard.indices if i not in stored])
 

@@ -30,6 +30,7 @@ from engine.radius import dsrs_radius
 from engine.radius.dsrs import _dsrs_certificate
 from engine.radius.np import _general_gaussian_np_radius, np_curve, radial_setting
 from engine.radius.tables import cosine_cdf_table
+from engine.sampling import model_dtype
 from engine.smooth import SmoothedClassifier
 
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
@@ -43,6 +44,22 @@ PRESETS = {
 }
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 SIGMA, ALPHA, WIDTH = 0.25, 0.001, 16
+# our certifier's variants: SmoothedClassifier options, and what each runs, for the report
+VARIANT_OPTIONS = {
+    "ours": {"channels_last": True},
+    "ours_nchw": {},
+    "ours_bf16": {"channels_last": True, "dtype": torch.bfloat16},
+    "ours_compiled": {"channels_last": True, "compile": True},
+    "ours_frozen": {"channels_last": True, "freeze": True},
+    # on a GPU: torch.compile's CUDA graphs, replayed on the static noise buffer
+    "ours_cudagraphs": {"channels_last": True, "compile": "reduce-overhead"},
+}
+VARIANT_NAMES = {
+    "ours": "eager fp32 (NHWC)", "ours_nchw": "eager fp32 (NCHW)", "ours_bf16": "eager bf16 (NHWC)",
+    "ours_compiled": "torch.compile fp32", "ours_frozen": "frozen TorchScript fp32 (--freeze)",
+    "ours_cudagraphs": "torch.compile fp32, CUDA graphs",
+}
+VARIANTS = ("ours", "ours_nchw", "ours_bf16", "ours_compiled", "ours_frozen")
 GRID = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
@@ -83,21 +100,17 @@ def summarise(radii: list[float], correct: list[bool]) -> dict:
 
 
 def run_both(model, xs, ys, cfg, device, *, num_classes: int = 10, sigma: float = SIGMA,
-             variants: tuple[str, ...] = ("ours", "ours_nchw", "ours_bf16", "ours_compiled")
-             ) -> dict[str, tuple[float, int, dict]]:
+             variants: tuple[str, ...] = VARIANTS) -> dict[str, tuple[float, int, dict]]:
     """Certify every input with each of our ``variants`` and with Cohen's loop, interleaved (alternating
     which goes first) so that drift in machine load hits every timing alike; and time the bare forward
-    pass of each variant's model on a pre-drawn noisy batch (the ceiling of its sampling)."""
-    options = {
-        "ours": {"channels_last": True},
-        "ours_nchw": {},
-        "ours_bf16": {"channels_last": True, "dtype": torch.bfloat16},
-        "ours_compiled": {"channels_last": True, "compile": True},
-        # on a GPU: torch.compile's CUDA graphs, replayed on the static noise buffer
-        "ours_cudagraphs": {"channels_last": True, "compile": "reduce-overhead"},
-    }
-    engines = {name: SmoothedClassifier(model if name == "ours_nchw" else copy.deepcopy(model), num_classes,
-                                        Gaussian(sigma), **options[name]) for name in variants}
+    pass of each variant's model on a pre-drawn noisy batch (the ceiling of its sampling). Each variant's
+    summary also holds ``setup_s``, the seconds its SmoothedClassifier took to build (freezing's cost)."""
+    engines, setup = {}, {}
+    for name in variants:
+        start = time.perf_counter()
+        engines[name] = SmoothedClassifier(model if name == "ours_nchw" else copy.deepcopy(model), num_classes,
+                                           Gaussian(sigma), **VARIANT_OPTIONS[name])
+        setup[name] = time.perf_counter() - start
 
     def engine(name: str) -> Callable[[int, torch.Tensor], tuple[int, float, int]]:
         def run(i: int, x: torch.Tensor) -> tuple[int, float, int]:
@@ -119,7 +132,7 @@ def run_both(model, xs, ys, cfg, device, *, num_classes: int = 10, sigma: float 
             if (i, layout, id(net)) not in noisy:
                 gen = torch.Generator(device=x.device).manual_seed(i)
                 batch = x + sigma * torch.randn((cfg["batch_size"], *x.shape), device=x.device, generator=gen)
-                noisy[i, layout, id(net)] = batch.contiguous(memory_format=layout).to(next(net.parameters()).dtype)
+                noisy[i, layout, id(net)] = batch.contiguous(memory_format=layout).to(model_dtype(net))
             steps = -(-(cfg["n0"] + cfg["n"]) // cfg["batch_size"])
             with torch.inference_mode():
                 for _ in range(steps):
@@ -132,9 +145,8 @@ def run_both(model, xs, ys, cfg, device, *, num_classes: int = 10, sigma: float 
     runners["cohen"] = cohen
     runners["forward_only"] = forward_only(model, torch.contiguous_format)
     for name in variants:
-        if name != "ours_nchw":
-            suffix = name.removeprefix("ours").replace("_", "", 1)
-            runners[f"forward_only_{suffix or 'channels_last'}"] = forward_only(engines[name].model, torch.channels_last)
+        if (ceiling := forward_only_name(name)) is not None:
+            runners[ceiling] = forward_only(engines[name].model, torch.channels_last)
     seconds = dict.fromkeys(runners, 0.0)
     samples = dict.fromkeys(runners, 0)
     radii: dict[str, list[float]] = {name: [] for name in runners}
@@ -150,7 +162,9 @@ def run_both(model, xs, ys, cfg, device, *, num_classes: int = 10, sigma: float 
             samples[name] += used
             radii[name].append(radius)
             correct[name].append(prediction == int(y))
-    return {name: (seconds[name], samples[name], summarise(radii[name], correct[name])) for name in runners}
+    return {name: (seconds[name], samples[name],
+                   {**summarise(radii[name], correct[name]), **({"setup_s": setup[name]} if name in setup else {})})
+            for name in runners}
 
 
 # Issue 6, target 2 on CIFAR and ImageNet-size models (random weights: throughput only). On a GPU at
@@ -161,7 +175,7 @@ LARGE_MODELS = {
 }
 LARGE_PRESETS = {
     "cpu": {"n": 200, "n0": 20, "batch_size": 100, "inputs": 1, "models": ("cifar_resnet110",),
-            "variants": ("ours", "ours_nchw", "ours_bf16")},
+            "variants": ("ours", "ours_nchw", "ours_bf16", "ours_frozen")},
     "cuda": {"n": 10_000, "n0": 100, "batch_size": 1000, "inputs": 2, "models": tuple(LARGE_MODELS),
              "variants": ("ours", "ours_nchw", "ours_bf16", "ours_compiled", "ours_cudagraphs")},
 }
@@ -201,7 +215,7 @@ def compare_large_models(device: torch.device) -> list[dict]:
         row["cohen_acr"] = timings["cohen"][2]["acr"]
         row["forward_only_samples_per_s"] = {name: s / t for name, (t, s, _) in timings.items()
                                              if name.startswith("forward_only")}
-        row["precision"] = "fp32 (ours, ours_nchw, ours_compiled, ours_cudagraphs, cohen); bf16 (ours_bf16)"
+        row["precision"] = "fp32 (cohen and every variant but ours_bf16); bf16 (ours_bf16)"
         out.append(row)
     return out
 
@@ -376,14 +390,8 @@ def main() -> dict:
     # (certificates are identical across repeats: every input has its own seed)
     runs = [run_both(model, xs, ys, cfg, device) for _ in range(cfg["repeats"])]
     timings = {name: min((run[name] for run in runs), key=lambda t: t[0]) for name in runs[0]}
-    (ours_s, ours_samples, ours_stats), (cohen_s, cohen_samples, cohen_stats) = timings["ours"], timings["cohen"]
-    nchw_s, nchw_samples, nchw_stats = timings["ours_nchw"]
-    ceiling = timings["forward_only"][1] / timings["forward_only"][0]
-    ceiling_cl = timings["forward_only_channels_last"][1] / timings["forward_only_channels_last"][0]
-    ceiling_bf16 = timings["forward_only_bf16"][1] / timings["forward_only_bf16"][0]
-    bf16_s, bf16_samples, bf16_stats = timings["ours_bf16"]
-    compiled_s, compiled_samples, compiled_stats = timings["ours_compiled"]
-    ceiling_compiled = timings["forward_only_compiled"][1] / timings["forward_only_compiled"][0]
+    cohen_s, cohen_samples, cohen_stats = timings["cohen"]
+    rate = {name: samples / seconds for name, (seconds, samples, _) in timings.items()}
     packing = time_packing(model, data.x[: cfg["pack_inputs"]].to(device), cfg, device)
     schedules = compare_schedules(cfg, device)
     published = compare_schedules_on_published_pa(cfg, device)
@@ -395,27 +403,12 @@ def main() -> dict:
         "n": cfg["n"], "n0": cfg["n0"], "inputs": len(xs), "batch_size": cfg["batch_size"], "alpha": ALPHA,
         "repeats": cfg["repeats"],
         "sigma": SIGMA,
-        "ours_s": ours_s, "cohen_s": cohen_s,
-        "ours_samples_per_s": ours_samples / ours_s, "cohen_samples_per_s": cohen_samples / cohen_s,
-        "speedup_vs_cohen": (ours_samples / ours_s) / (cohen_samples / cohen_s),
-        "forward_only_samples_per_s": ceiling,
-        "forward_only_channels_last_samples_per_s": ceiling_cl,
-        "sampling_efficiency": (ours_samples / ours_s) / ceiling_cl,
-        "precision": "float32 (ours, ours_nchw, ours_compiled, cohen); bfloat16 (ours_bf16)",
-        "ours_bf16_s": bf16_s, "ours_bf16_samples_per_s": bf16_samples / bf16_s,
-        "speedup_vs_cohen_bf16": (bf16_samples / bf16_s) / (cohen_samples / cohen_s),
-        "forward_only_bf16_samples_per_s": ceiling_bf16,
-        "sampling_efficiency_bf16": (bf16_samples / bf16_s) / ceiling_bf16,
-        "ours_bf16": bf16_stats,
-        "ours_compiled_s": compiled_s, "ours_compiled_samples_per_s": compiled_samples / compiled_s,
-        "speedup_vs_cohen_compiled": (compiled_samples / compiled_s) / (cohen_samples / cohen_s),
-        "forward_only_compiled_samples_per_s": ceiling_compiled,
-        "sampling_efficiency_compiled": (compiled_samples / compiled_s) / ceiling_compiled,
+        "cohen_s": cohen_s, "cohen_samples_per_s": rate["cohen"], "cohen": cohen_stats,
+        "forward_only_samples_per_s": rate["forward_only"],
+        **{key: value for name in VARIANTS for key, value in variant_figures(name, timings, rate).items()},
         "compile_s": warm_run["ours_compiled"][0] + warm_run["forward_only_compiled"][0],
-        "ours_compiled": compiled_stats,
+        "precision": "float32 (Cohen's loop and every variant but ours_bf16); bfloat16 (ours_bf16)",
         "ours_layout": "channels_last (NHWC); Cohen's loop and ours_nchw run the NCHW model",
-        "ours_nchw_samples_per_s": nchw_samples / nchw_s, "ours_nchw_s": nchw_s,
-        "ours": ours_stats, "ours_nchw": nchw_stats, "cohen": cohen_stats,
         "dsrs_radius_ms": radius_times,
         "packing": packing,
         "schedules": schedules,
@@ -429,6 +422,29 @@ def main() -> dict:
     PERFORMANCE_DOC.write_text(performance_markdown(result))
     print_report(result)
     return result
+
+
+def variant_figures(name: str, timings: dict, rate: dict) -> dict:
+    """One variant's keys in engine.json: ``{name}_s``, ``{name}_samples_per_s``, ``speedup_vs_cohen{suffix}`` and,
+    against the bare forward pass of its own model (same precision, layout and compilation),
+    ``forward_only{suffix}_samples_per_s`` and ``sampling_efficiency{suffix}``; suffix "" for "ours"."""
+    seconds, _, stats = timings[name]
+    suffix = name.removeprefix("ours")
+    out = {f"{name}_s": seconds, f"{name}_samples_per_s": rate[name], name: stats,
+           f"speedup_vs_cohen{suffix}": rate[name] / rate["cohen"]}
+    ceiling = forward_only_name(name)
+    if ceiling is not None:
+        out[f"forward_only{suffix or '_channels_last'}_samples_per_s"] = rate[ceiling]
+        out[f"sampling_efficiency{suffix}"] = rate[name] / rate[ceiling]
+    return out
+
+
+def forward_only_name(variant: str) -> str | None:
+    """The runner timing the bare forward pass of ``variant``'s model (None for ours_nchw: that is Cohen's model,
+    timed as "forward_only")."""
+    if variant == "ours_nchw":
+        return None
+    return "forward_only_" + (variant.removeprefix("ours").removeprefix("_") or "channels_last")
 
 
 PERFORMANCE_DOC = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
@@ -447,28 +463,25 @@ def performance_markdown(r: dict) -> str:
                      "compile, CUDA graphs) need `scripts/device_bench.sh` (`BENCH=full`) on a GPU machine; on this CPU "
                      "ResNet-110 runs at n = 200.")
     p = r["packing"]
-    lines += [
-        "", "| target | model | n | ours | baseline | ratio |", "|---|---|---|---|---|---|",
-        (f"| certify vs the forward pass alone (>= 0.90) | {r['model']} | {r['n']:,} | "
-        f"{r['ours_samples_per_s']:,.0f} samples/s | {r['forward_only_channels_last_samples_per_s']:,.0f} samples/s | "
-        f"{r['sampling_efficiency']:.2f} |"),
-        (f"| against Cohen's loop (>= 2x on CPU), fp32 | {r['model']} | {r['n']:,} | {r['ours_s']:.2f} s | "
-         f"{r['cohen_s']:.2f} s | {r['speedup_vs_cohen']:.2f}x |"),
-        (f"| against Cohen's fp32 loop, ours in bf16 | same | {r['n']:,} | {r['ours_bf16_s']:.2f} s "
-         f"(ACR {r['ours_bf16']['acr']:.4f} vs {r['cohen']['acr']:.4f}) | {r['cohen_s']:.2f} s | "
-         f"{r['speedup_vs_cohen_bf16']:.2f}x |"),
-        (f"| bf16 certify vs the bf16 forward pass alone | same | {r['n']:,} | "
-         f"{r['ours_bf16_samples_per_s']:,.0f} samples/s | {r['forward_only_bf16_samples_per_s']:,.0f} samples/s | "
-         f"{r['sampling_efficiency_bf16']:.2f} |"),
-        (f"| against Cohen's fp32 loop, ours through torch.compile (fp32) | same | {r['n']:,} | "
-         f"{r['ours_compiled_s']:.2f} s (ACR {r['ours_compiled']['acr']:.4f}; compiling took {r['compile_s']:.0f} s "
-         f"before the timing) | {r['cohen_s']:.2f} s | {r['speedup_vs_cohen_compiled']:.2f}x |"),
-        (f"| compiled certify vs the compiled forward pass alone | same | {r['n']:,} | "
-         f"{r['ours_compiled_samples_per_s']:,.0f} samples/s | {r['forward_only_compiled_samples_per_s']:,.0f} samples/s | "
-         f"{r['sampling_efficiency_compiled']:.2f} |"),
-        (f"| packing {p['inputs']} small inputs (>= 5x) | same | {p['n']:,} | {p['packed_s']:.2f} s | "
-        f"{p['one_at_a_time_s']:.2f} s one at a time | {p['speedup']:.2f}x |"),
-    ]
+    lines += ["", f"Model: {r['model']}, {r['inputs']} inputs, n0 = {r['n0']}, batch {r['batch_size']}, alpha {r['alpha']}.",
+              "", "| target | model | n | ours | baseline | ratio |", "|---|---|---|---|---|---|"]
+    for name in VARIANTS:
+        suffix = name.removeprefix("ours")
+        setup = r[name].get("setup_s", 0.0)
+        built = (f"; compiling took {r['compile_s']:.0f} s before the timing" if name == "ours_compiled" else
+                 f"; freezing took {setup:.2f} s" if name == "ours_frozen" else "")
+        lines.append(f"| against Cohen's fp32 loop (>= 2x on CPU), ours {VARIANT_NAMES[name]} | digits CNN | {r['n']:,} | "
+                     f"{r[name + '_s']:.2f} s (ACR {r[name]['acr']:.4f} vs {r['cohen']['acr']:.4f}{built}) | "
+                     f"{r['cohen_s']:.2f} s | {r['speedup_vs_cohen' + suffix]:.2f}x |")
+    for name in VARIANTS:
+        suffix = name.removeprefix("ours")
+        if f"sampling_efficiency{suffix}" in r:
+            ceiling = r[f"forward_only{suffix or '_channels_last'}_samples_per_s"]
+            lines.append(f"| certify vs its own forward pass alone (>= 0.90), {VARIANT_NAMES[name]} | digits CNN | "
+                         f"{r['n']:,} | {r[name + '_samples_per_s']:,.0f} samples/s | {ceiling:,.0f} samples/s | "
+                         f"{r['sampling_efficiency' + suffix]:.2f} |")
+    lines.append(f"| packing {p['inputs']} small inputs (>= 5x) | digits CNN, eager fp32 | {p['n']:,} | "
+                 f"{p['packed_s']:.2f} s | {p['one_at_a_time_s']:.2f} s one at a time | {p['speedup']:.2f}x |")
     for m in r.get("large_models", []):
         if "error" in m:
             lines.append(f"| against Cohen's loop | {m['model']} | {m['n']:,} | failed: {m['error']} | - | - |")
@@ -505,16 +518,14 @@ def print_report(r: dict) -> None:
     print(f"device {r['device']}; model {r['model']}")
     print(f"{r['inputs']} inputs, n0={r['n0']}, n={r['n']:,}, batch {r['batch_size']}, alpha {r['alpha']}, "
           f"best of {r['repeats']} interleaved runs")
-    print(f"ours : {r['ours_samples_per_s']:>12,.0f} samples/s  ({r['ours_s']:.2f} s)")
-    print(f"ours, NCHW: {r['ours_nchw_samples_per_s']:>7,.0f} samples/s  ({r['ours_nchw_s']:.2f} s)")
-    print(f"ours, bf16: {r['ours_bf16_samples_per_s']:>7,.0f} samples/s  ({r['ours_bf16_s']:.2f} s), "
-          f"{r['speedup_vs_cohen_bf16']:.2f}x Cohen's fp32 loop")
-    print(f"ours, compiled: {r['ours_compiled_samples_per_s']:>3,.0f} samples/s  ({r['ours_compiled_s']:.2f} s), "
-          f"{r['speedup_vs_cohen_compiled']:.2f}x Cohen's loop; compiling took {r['compile_s']:.0f} s")
-    print(f"cohen: {r['cohen_samples_per_s']:>12,.0f} samples/s  ({r['cohen_s']:.2f} s)")
-    print(f"NCHW forward pass alone: {r['forward_only_samples_per_s']:,.0f} samples/s (Cohen's ceiling)")
-    print(f"speedup vs Cohen's loop: {r['speedup_vs_cohen']:.2f}x; certify at "
-          f"{100 * r['sampling_efficiency']:.0f}% of the channels-last forward pass alone")
+    for name in VARIANTS:
+        suffix = name.removeprefix("ours")
+        efficiency = r.get(f"sampling_efficiency{suffix}")
+        print(f"{name:<14} {r[name + '_samples_per_s']:>9,.0f} samples/s ({r[name + '_s']:.2f} s), "
+              f"{r['speedup_vs_cohen' + suffix]:.2f}x Cohen's fp32 loop"
+              + ("" if efficiency is None else f", {100 * efficiency:.0f}% of its own forward pass alone"))
+    print(f"{'cohen':<14} {r['cohen_samples_per_s']:>9,.0f} samples/s ({r['cohen_s']:.2f} s); its NCHW forward pass "
+          f"alone {r['forward_only_samples_per_s']:,.0f} samples/s; compiling took {r['compile_s']:.0f} s")
     p = r["packing"]
     print(f"{p['inputs']} inputs at n={p['n']}: one at a time {p['one_at_a_time_s']:.2f} s, packed {p['packed_s']:.2f} s "
           f"({p['speedup']:.1f}x)")
@@ -529,11 +540,11 @@ def print_report(r: dict) -> None:
         o = s["oracle"]
         print(f"oracle     mean samples {o['mean_samples']:>9,.0f}  ({o['reduction']:.1f}x fewer at ACR drop "
               f"{o['acr_drop']:.4f} <= {o['budget']})")
-    header = "radius    " + " ".join(f"{g:>6}" for g in GRID) + "     ACR"
+    header = "radius        " + " ".join(f"{g:>6}" for g in GRID) + "     ACR"
     print(header)
-    for name in ("ours", "ours_nchw", "ours_bf16", "ours_compiled", "cohen"):
+    for name in (*VARIANTS, "cohen"):
         curve = r[name]["certified_accuracy"]
-        print(f"{name:<9} " + " ".join(f"{curve[str(g)]:>6.3f}" for g in GRID) + f"  {r[name]['acr']:.4f}")
+        print(f"{name:<13} " + " ".join(f"{curve[str(g)]:>6.3f}" for g in GRID) + f"  {r[name]['acr']:.4f}")
     for m in r.get("large_models", []):
         ratios = ", ".join(f"{'ours' + k.removeprefix('speedup_vs_cohen')} {m[k]:.2f}x" for k in sorted(m)
                            if k.startswith("speedup_vs_cohen"))

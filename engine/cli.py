@@ -23,7 +23,7 @@ from engine.metrics import (
     radius_grid,
 )
 from engine.models import UnsafeModelError, list_models, load_model
-from engine.models.loading import OnnxModel
+from engine.models.loading import ExportedModel, OnnxModel
 from engine.noise import make_noise
 from engine.options import ISSMode, Method, NoiseKind
 from engine.progress import progress_bar
@@ -137,6 +137,9 @@ def certify(
     = None,
     compile: Annotated[bool, typer.Option("--compile", help="run the model through torch.compile: pays on long "
                                                           "runs; the first batch waits for the compile")] = False,
+    freeze: Annotated[bool, typer.Option("--freeze", help="script and freeze the model into one TorchScript graph "
+                                                        "(BatchNorm folded, weights prepacked): the fast path on a "
+                                                        "CPU, ready at once")] = False,
 ) -> None:
     """Certify each selected input and write one JSON line per input, then print a summary."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -165,8 +168,13 @@ def certify(
         raise fail("--bf16 converts PyTorch modules; a TorchScript archive fixes its precision")
     if compile and (not is_eager(net) or isinstance(net, OnnxModel)):
         raise fail("--compile compiles PyTorch modules; TorchScript and ONNX files are compiled graphs already")
-    smoothed = SmoothedClassifier(net, classes, smoothing, channels_last=channels_last and is_eager(net),
-                                  dtype=torch.bfloat16 if bf16 else None, compile=compile)
+    if freeze and isinstance(net, OnnxModel | ExportedModel):
+        raise fail("--freeze scripts PyTorch modules; ONNX and torch.export files do not script")
+    try:
+        smoothed = SmoothedClassifier(net, classes, smoothing, channels_last=channels_last and is_eager(net),
+                                      dtype=torch.bfloat16 if bf16 else None, compile=compile, freeze=freeze)
+    except ValueError as error:
+        raise fail(str(error)) from None
     if bf16 and model_dtype(net) != torch.bfloat16:
         raise fail("--bf16 needs a model with floating-point weights to convert (this format fixes its precision)")
     schedule = None

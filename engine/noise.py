@@ -94,9 +94,9 @@ class Noise:
         n = out.shape[0]
         d = out[0].numel()
         self.check_dim(d)
-        out.normal_(generator=generator)
         if self.k == 0 and self.threshold is None:
-            return out.mul_(self.sigma)
+            return out.normal_(0.0, self.sigma, generator=generator)  # one pass: no separate scaling
+        out.normal_(generator=generator)
         # direction uniform on the sphere, norm sigma' sqrt(2t) with t ~ Gamma(d/2 - k)
         acc = torch.promote_types(out.dtype, torch.float32)  # norms of bf16 buffers in fp32
         norms = torch.linalg.vector_norm(out.reshape(n, d), dim=1, dtype=acc)

@@ -117,12 +117,15 @@ def count_votes_many(
         for start in range(0, total, buffer.shape[0]):
             b = min(buffer.shape[0], total - start)
             batch = noise.sample_(buffer[:b], generator=generator)
-            sample_ids = steps[:b] + start
-            owner = sample_ids // sizes[0] if uniform else torch.searchsorted(ends, sample_ids, right=True)
-            batch.add_(xs[0] if m == 1 else xs[owner])
+            if m == 1:  # one input: no owners to work out per sample
+                batch.add_(xs[0])
+            else:
+                sample_ids = steps[:b] + start
+                owner = sample_ids // sizes[0] if uniform else torch.searchsorted(ends, sample_ids, right=True)
+                batch.add_(xs[owner])
             inputs = buffer if static_shapes else batch
             logits = model(inputs if compute_dtype == torch.float32 else inputs.to(compute_dtype))[:b]
             _check_logits(logits, num_classes)
             votes = logits.argmax(dim=1)
-            counts.scatter_add_(0, owner * num_classes + votes, ones[:b])
+            counts.scatter_add_(0, votes if m == 1 else owner * num_classes + votes, ones[:b])
     return counts.view(m, num_classes).cpu()

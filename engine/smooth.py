@@ -21,6 +21,7 @@ from engine.bounds import (
     clopper_pearson_upper,
     split_alpha,
 )
+from engine.freeze import FrozenModel, freeze_model
 from engine.noise import Noise
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
 from engine.sampling import Classifier, count_votes, count_votes_many, make_generator, model_device
@@ -74,7 +75,7 @@ class SmoothedClassifier:
     """Randomized smoothing of ``model`` (a batch in the [0, 1] input scale -> logits) under ``noise``."""
 
     def __init__(self, model: Classifier, num_classes: int, noise: Noise, *, channels_last: bool = False,
-                 dtype: torch.dtype | None = None, compile: bool | str = False) -> None:
+                 dtype: torch.dtype | None = None, compile: bool | str = False, freeze: bool = False) -> None:
         """``channels_last=True`` converts ``model`` in place to NHWC weights and feeds it NHWC batches:
         faster convolutions on CPU (oneDNN) and GPU (cuDNN), the same function up to rounding.
 
@@ -87,6 +88,10 @@ class SmoothedClassifier:
         module that ``torch.compile`` wrapped already is kept as it is, so a caller that keeps the wrapper
         (a worker, across shards) keeps the graphs it compiled. A string is ``torch.compile``'s mode:
         ``"reduce-overhead"`` replays CUDA graphs on a GPU, which the static batch shapes allow.
+
+        ``freeze=True`` scripts the model and freezes it into one TorchScript graph optimised for inference
+        (``engine.freeze``: BatchNorm folded, weights prepacked for oneDNN): the fast path on a CPU. A model
+        frozen already is kept. It excludes ``compile``; a model TorchScript cannot script is refused.
         """
         if noise.threshold is not None:
             raise ValueError("the smoothing distribution P must not be truncated; truncation is DSRS's Q")
@@ -94,12 +99,16 @@ class SmoothedClassifier:
         self.num_classes = int(num_classes)
         self.noise = noise
         self.channels_last = channels_last
-        if isinstance(model, torch.nn.Module):
+        if freeze and compile:
+            raise ValueError("freeze and compile are two ways to compile the model: choose one")
+        if isinstance(model, torch.nn.Module) and not isinstance(model, FrozenModel):  # frozen: converted already
             model.eval()
             if dtype is not None:
                 model.to(dtype)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
+        if freeze:
+            self.model = freeze_model(model)
         self.compiled = bool(compile)
         if compile and not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
             self.model = torch.compile(model, dynamic=False, mode=compile if isinstance(compile, str) else None)

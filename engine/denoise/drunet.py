@@ -16,9 +16,6 @@ from torch import nn
 
 from engine.models.registry import register_model
 
-PAD_MULTIPLE = 8  # three stride-2 stages
-
-
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
 
@@ -49,8 +46,12 @@ class DRUNet(nn.Module):
 
     ``forward(x, sigma)`` takes the noise level as a float or a per-image tensor (N,); without it the
     module's ``noise_level`` is used, which ``engine.denoise.denoised_classifier`` fixes so that
-    the denoiser can sit in a plain ``nn.Sequential`` in front of a classifier.
+    the denoiser can sit in a plain ``nn.Sequential`` in front of a classifier. Scriptable, so that
+    ``torch.jit.freeze`` can fold it into one graph with the classifier.
     """
+
+    __constants__ = ["pad_multiple"]
+    pad_multiple = 8  # three stride-2 stages
 
     def __init__(self, in_channels: int = 3, widths: Sequence[int] = (64, 128, 256, 512), blocks: int = 4,
                  noise_level: float = 0.0) -> None:
@@ -67,16 +68,18 @@ class DRUNet(nn.Module):
         self.tail = conv3x3(w1, in_channels)
 
     def noise_map(self, x: torch.Tensor, sigma: float | torch.Tensor | None) -> torch.Tensor:
-        level = self.noise_level if sigma is None else sigma
-        if isinstance(level, torch.Tensor) and level.dim() > 0:
-            return level.to(x).view(-1, 1, 1, 1).expand(x.shape[0], 1, *x.shape[2:])
-        return x.new_full((x.shape[0], 1, *x.shape[2:]), float(level))
+        n, _, h, w = x.shape
+        if isinstance(sigma, torch.Tensor):
+            if sigma.dim() > 0:
+                return sigma.to(x).view(-1, 1, 1, 1).expand(n, 1, h, w)
+            return x.new_full((n, 1, h, w), float(sigma))
+        return x.new_full((n, 1, h, w), self.noise_level if sigma is None else sigma)
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected images (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(f"expected images (N, {self.in_channels}, H, W), got shape {list(x.shape)}")
         h, w = x.shape[-2:]
-        pad_h, pad_w = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
+        pad_h, pad_w = -h % self.pad_multiple, -w % self.pad_multiple
         padded = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
         x1 = self.head(torch.cat([padded, self.noise_map(padded, sigma)], dim=1))
         x2 = self.down1(x1)

@@ -49,7 +49,7 @@ class InputNormalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # broadcasting would silently turn a 1-channel image into 3 channels
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
-            raise ValueError(f"expected images (N, {self.mean.shape[1]}, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(f"expected images (N, {self.mean.shape[1]}, H, W), got shape {list(x.shape)}")
         return (x - self.mean) / self.std
 
 

@@ -25,8 +25,9 @@ def owned_job(session: Session, owner: Owner, id: int) -> Job:
 
 
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED,
-             responses={404: {"model": Message}, 422: {"description": "subset, shapes or labels do not fit, or bf16 or "
-                                                                 "compile asked of a model format that cannot take it"}})
+             responses={404: {"model": Message}, 422: {"description": "subset, shapes or labels do not fit, or bf16, "
+                                                                 "compile or freeze asked of a model format that "
+                                                                 "cannot take it"}})
 async def create_job(session: SessionDep, owner: CurrentOwner, settings: SettingsDep, queue: QueueDep,
                      job_in: JobCreate) -> JobPublic:
     """Store the job, split it into shards of SHARD_SIZE inputs and enqueue one task per shard."""
