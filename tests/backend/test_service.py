@@ -464,6 +464,8 @@ def test_an_onnx_model_registers_and_certifies(service, tmp_path):
         assert fixed.status_code == 422 and "batch dimension" in fixed.json()["detail"]
         created = upload_model(client, centroid_onnx(tmp_path / "centroid.onnx"), meta)
         assert created.status_code == 201 and created.json()["format"] == "onnx", created.text
+        frozen = start_job(client, created.json()["id"], freeze=True)
+        assert frozen.status_code == 422 and "is onnx, which TorchScript cannot script" in frozen.json()["detail"]
         job_id = start_job(client, created.json()["id"], subset={"count": 4}).json()["id"]
         job = wait_for(client, job_id, lambda j: j["state"] in ("done", "failed"))
         assert job["state"] == "done" and sum(r["correct"] for r in all_rows(client, job_id)) >= 3
@@ -519,15 +521,16 @@ def denoised_pair(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def engine_rows(net: torch.nn.Module, count: int, schedule=None, groups: list[list[int]] | None = None,
-                compile: bool = False, **config) -> list[tuple]:
+                compile: bool = False, freeze: bool = False, **config) -> list[tuple]:
     """The engine alone on digits 0..count-1 at FAST_CONFIG updated by ``config``, seed + index; with
     ``groups``, certify_many on each group (of those inputs, in order) with seed + the group's first index;
-    ``compile`` runs ``net`` through torch.compile (compiled under one thread, as in the worker)."""
+    ``compile`` runs ``net`` through torch.compile (compiled under one thread, as in the worker), ``freeze``
+    freezes it into one TorchScript graph."""
     from engine.noise import Gaussian
     from engine.smooth import SmoothedClassifier
 
     c = {**FAST_CONFIG, **config}
-    smoothed = SmoothedClassifier(net, 10, Gaussian(c["sigma"]), compile=compile)
+    smoothed = SmoothedClassifier(net, 10, Gaussian(c["sigma"]), compile=compile, freeze=freeze)
     x = load_dataset("digits").x
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker (OMP_NUM_THREADS=1): the same kernels, the same floats
@@ -708,3 +711,26 @@ def test_a_compiled_job_certifies_through_torch_compile_and_never_shares_its_mod
     compiled_rows = engine_rows(load_model(classifier_path), 6, compile=True)
     assert jobs[0] == jobs[2] == compiled_rows
     assert jobs[1] == engine_rows(load_model(classifier_path), 6)
+
+
+def test_a_frozen_job_certifies_the_frozen_graph_of_a_weights_file_or_a_torchscript_archive(
+        service, model_id, scripted_model, denoised_pair):
+    from engine.models import load_model
+
+    classifier_path, _ = denoised_pair
+    with service.client() as client:
+        both = start_job(client, model_id, freeze=True, compile=True)
+        assert both.status_code == 422 and "choose one" in both.json()["detail"][0]["msg"], both.text
+        classifier = upload_model(client, classifier_path, {"name": "digits-cnn-frozen", "arch": "digits_cnn",
+                                                            "input_shape": [1, 8, 8], "num_classes": 10})
+        assert classifier.status_code == 201, classifier.text
+        jobs = {}
+        # a weights file and a TorchScript archive; six inputs are two shards (SHARD_SIZE 4) on one frozen graph
+        for target in (classifier.json()["id"], model_id):
+            created = start_job(client, target, freeze=True)
+            assert created.status_code == 201, created.text
+            job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("done", "failed"))
+            assert job["state"] == "done" and job["config"]["freeze"] is True, job
+            jobs[target] = result_tuples(all_rows(client, job["id"]))
+    assert jobs[classifier.json()["id"]] == engine_rows(load_model(classifier_path), 6, freeze=True)
+    assert jobs[model_id] == engine_rows(load_model(scripted_model), 6, freeze=True)

@@ -13,6 +13,7 @@ from backend.models import Job, JobConfig, Model, ModelFormat, ModelKind
 from backend.worker import Resources
 from engine.denoise import DRUNet
 from engine.models import create_model
+from engine.sampling import model_dtype
 from engine.train.checkpoint import save_checkpoint
 from tests.backend.test_service import DRUNET_KWARGS
 
@@ -75,3 +76,26 @@ def test_a_compiled_denoised_job_compiles_the_composed_classifier_at_its_sigma(r
     assert base(resources, rows, compile=True, denoiser_id=DENOISER, sigma=0.25) is wrappers[0.25]
     eager = base(resources, rows, denoiser_id=DENOISER, sigma=0.25)
     assert not isinstance(eager, OptimizedModule) and not weights(eager) & weights(wrappers[0.25])
+
+
+def test_frozen_jobs_share_one_frozen_graph_per_model_precision_and_denoiser_sigma(rows):
+    from engine.denoise import denoised_classifier
+    from engine.freeze import FrozenModel
+
+    resources = Resources(Settings(DEVICE="cpu"))
+    frozen = base(resources, rows, freeze=True)
+    assert isinstance(frozen, FrozenModel) and model_dtype(frozen) == torch.float32
+    assert base(resources, rows, freeze=True, sigma=0.5) is frozen  # no denoiser: sigma does not enter the graph
+    eager, compiled = base(resources, rows), base(resources, rows, compile=True)
+    assert not isinstance(eager, FrozenModel) and compiled is not frozen
+    frozen_bf16 = base(resources, rows, freeze=True, bf16=True)
+    assert frozen_bf16 is not frozen and model_dtype(frozen_bf16) == torch.bfloat16
+    assert model_dtype(eager) == torch.float32  # converting for bf16 touched fresh copies only
+    x = torch.rand(5, 1, 8, 8)
+    for sigma in (0.25, 0.5):  # the denoiser's level is a constant of each graph: one graph per sigma
+        graph = base(resources, rows, freeze=True, denoiser_id=DENOISER, sigma=sigma)
+        assert base(resources, rows, freeze=True, denoiser_id=DENOISER, sigma=sigma) is graph
+        reference = denoised_classifier(resources.load(rows.get(Model, CLASSIFIER)),
+                                        resources.load(rows.get(Model, DENOISER)), sigma)
+        with torch.inference_mode():
+            assert torch.allclose(graph(x), reference(x), atol=1e-5)

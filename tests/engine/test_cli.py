@@ -242,3 +242,32 @@ def test_compile_gives_the_eager_certificates_and_compiles_once_per_batch_size(t
     for row in rows:
         expected = eager.certify(x[row["index"]], 20, 500, 0.001, 200, seed=row["index"])
         assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
+
+
+def test_freeze_gives_the_frozen_model_s_certificates_and_refuses_what_does_not_script(tmp_path, exported_model):
+    from engine.denoise import denoised_classifier
+    from engine.freeze import freeze_model
+    from engine.models import load_model
+    from engine.noise import Gaussian
+    from engine.smooth import SmoothedClassifier
+
+    demo = pathlib.Path(__file__).resolve().parents[2] / "models" / "demo"
+    weights, denoiser = demo / "digits_cnn_gaussian_0.25.pt", demo / "digits_drunet.pt"
+    out = tmp_path / "frozen.jsonl"
+    args = ["certify", str(weights), "--sigma", "0.25", "--n0", "20", "--n", "500", "--batch-size", "200",
+            "--count", "3", "--seed", "0", "--device", "cpu", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--freeze", "--denoiser", str(denoiser)])
+    assert result.exit_code == 0, result.output
+    frozen = SmoothedClassifier(freeze_model(denoised_classifier(load_model(weights), load_model(denoiser), 0.25)),
+                                10, Gaussian(0.25), channels_last=True)
+    x = load_dataset("digits").x
+    rows = read_rows(out)
+    assert len(rows) == 3
+    for row in rows:
+        expected = frozen.certify(x[row["index"]], 20, 500, 0.001, 200, seed=row["index"])
+        assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
+    refused = runner.invoke(app, ["certify", str(exported_model), "--n", "100", "--count", "1", "--freeze",
+                                  "--out", str(tmp_path / "no.jsonl")])
+    assert refused.exit_code == 2 and "ONNX and torch.export files do not script" in " ".join(refused.output.split())
+    both = runner.invoke(app, [*args, "--freeze", "--compile"])
+    assert both.exit_code == 2 and "choose one" in " ".join(both.output.split())
