@@ -65,10 +65,15 @@ export function ConfigFields({ values, errors, onChange }: {
             <option value="bf16">bfloat16</option>
           </select>
         </Field>
-        <Field name="compile" label="Compile (torch.compile)" error={errors.compile}
-               hint="pays on long runs, especially on GPUs; the first batch of each size waits for the compile (weights and .pt2 files only)">
-          <input type="checkbox" id="f-compile" name="compile" checked={values.compile}
-                 aria-invalid={!!errors.compile} onChange={(e) => onChange({ compile: e.target.checked })} />
+        <Field name="graph" label="Graph" error={errors.graph ?? errors.freeze ?? errors.compile}
+               hint="frozen: one TorchScript graph, the fast path on CPU workers (weights and TorchScript files);
+                     torch.compile: pays on long runs on GPUs, the first batch of each size waits (weights and .pt2 files)">
+          <select id="f-graph" name="graph" value={values.graph}
+                  onChange={(e) => onChange({ graph: e.target.value as ConfigValues['graph'] })}>
+            <option value="eager">eager</option>
+            <option value="freeze">frozen (TorchScript)</option>
+            <option value="compile">torch.compile</option>
+          </select>
         </Field>
         <Field name="denoiser_id" label="Denoiser" error={errors.denoiser_id}>
           <select id="f-denoiser_id" name="denoiser_id" value={values.denoiser_id}

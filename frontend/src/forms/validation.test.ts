@@ -96,11 +96,14 @@ describe('validateConfig', () => {
     expect(jobCreate(1, defaultConfigValues).config?.bf16).toBe(false);
     expect(jobCreate(1, { ...defaultConfigValues, precision: 'bf16' }).config?.bf16).toBe(true);
   });
-  it('asks for torch.compile only when ticked, with either precision', () => {
-    expect(jobCreate(1, defaultConfigValues).config?.compile).toBe(false);
-    expect(jobCreate(1, { ...defaultConfigValues, compile: true }).config).toMatchObject({ compile: true, bf16: false });
-    expect(jobCreate(1, { ...defaultConfigValues, compile: true, precision: 'bf16' }).config)
-      .toMatchObject({ compile: true, bf16: true });
+  it('asks for torch.compile or a frozen graph only when chosen, never both, with either precision', () => {
+    expect(jobCreate(1, defaultConfigValues).config).toMatchObject({ compile: false, freeze: false });
+    expect(jobCreate(1, { ...defaultConfigValues, graph: 'compile' }).config)
+      .toMatchObject({ compile: true, freeze: false, bf16: false });
+    expect(jobCreate(1, { ...defaultConfigValues, graph: 'compile', precision: 'bf16' }).config)
+      .toMatchObject({ compile: true, freeze: false, bf16: true });
+    expect(jobCreate(1, { ...defaultConfigValues, graph: 'freeze' }).config)
+      .toMatchObject({ compile: false, freeze: true, bf16: false });
   });
 });
 

@@ -34,7 +34,7 @@ export interface ConfigValues {
   sequential_delta: string; // '' = fixed n
   denoiser_id: string; // '' = none
   precision: 'fp32' | 'bf16';
-  compile: boolean; // run the model through torch.compile (PyTorch modules only)
+  graph: 'eager' | 'freeze' | 'compile'; // freeze: one TorchScript graph (CPU fast path); compile: torch.compile
 }
 
 export const defaultModelValues: ModelValues = {
@@ -44,7 +44,7 @@ export const defaultModelValues: ModelValues = {
 export const defaultConfigValues: ConfigValues = {
   dataset: 'digits', count: '20', method: 'np', noise: 'gaussian', k: '0', q_sigma: '', sigma: '0.25',
   alpha: '0.001', n: '10000', n0: '100', batch_size: '1000', pack: '', iss_delta: '', sequential_delta: '',
-  denoiser_id: '', precision: 'fp32', compile: false,
+  denoiser_id: '', precision: 'fp32', graph: 'eager',
 };
 
 const isInt = (s: string) => /^\s*\d+\s*$/.test(s);
@@ -142,7 +142,8 @@ export function jobConfig(v: ConfigValues): JobConfig {
     q_sigma: v.method === 'dsrs' ? Number(v.q_sigma) : null,
     denoiser_id: v.denoiser_id ? Number(v.denoiser_id) : null,
     bf16: v.precision === 'bf16',
-    compile: v.compile,
+    compile: v.graph === 'compile',
+    freeze: v.graph === 'freeze',
   };
 }
 
