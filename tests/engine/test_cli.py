@@ -39,6 +39,17 @@ def read_rows(path: pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def assert_rows_are_the_engine_s(out: pathlib.Path, smoothed, n0: int, n: int, batch_size: int,
+                                 seed: int = 0) -> list[dict]:
+    """Each row written to ``out`` is ``smoothed``'s own certificate of that digit, at seed + index."""
+    x = load_dataset("digits").x
+    rows = read_rows(out)
+    for row in rows:
+        expected = smoothed.certify(x[row["index"]], n0, n, 0.001, batch_size, seed=seed + row["index"])
+        assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
+    return rows
+
+
 def test_certify_np_writes_one_line_per_input_and_a_summary(tmp_path, exported_model):
     out = tmp_path / "r.jsonl"
     result = runner.invoke(app, ["certify", str(exported_model), "--dataset", "digits", "--sigma", "0.25",
@@ -174,11 +185,8 @@ def test_certify_with_the_demo_denoiser_equals_the_engine_on_the_composed_model(
 
     base = denoised_classifier(load_model(demo / "digits_cnn_gaussian_0.5.pt"), load_model(demo / "digits_drunet.pt"), 0.5)
     smoothed = SmoothedClassifier(base, 10, Gaussian(0.5), channels_last=True)
-    x = load_dataset("digits").x
-    for row in read_rows(out):
-        expected = smoothed.certify(x[row["index"]], 50, 1000, 0.001, 500, seed=7 + row["index"])
-        assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
-    assert sum(r["correct"] for r in read_rows(out)) >= 3
+    rows = assert_rows_are_the_engine_s(out, smoothed, 50, 1000, 500, seed=7)
+    assert sum(r["correct"] for r in rows) >= 3
 
 
 def test_packed_certification_writes_the_same_rows_in_order(tmp_path, exported_model):
@@ -212,10 +220,7 @@ def test_bf16_certifies_the_bf16_model_and_says_so(tmp_path):
 
     reference = SmoothedClassifier(load_model(weights, arch="digits_cnn"), 10, Gaussian(0.25), channels_last=True,
                                    dtype=torch.bfloat16)
-    x = load_dataset("digits").x
-    for row in read_rows(out):
-        expected = reference.certify(x[row["index"]], 20, 500, 0.001, 250, seed=row["index"])
-        assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
+    assert_rows_are_the_engine_s(out, reference, 20, 500, 250)
 
 
 def test_compile_gives_the_eager_certificates_and_compiles_once_per_batch_size(tmp_path):
@@ -236,12 +241,7 @@ def test_compile_gives_the_eager_certificates_and_compiles_once_per_batch_size(t
     assert result.exit_code == 0, result.output
     assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
     eager = SmoothedClassifier(load_model(weights), 10, Gaussian(0.25), channels_last=True)
-    x = load_dataset("digits").x
-    rows = read_rows(out)
-    assert len(rows) == 3
-    for row in rows:
-        expected = eager.certify(x[row["index"]], 20, 500, 0.001, 200, seed=row["index"])
-        assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
+    assert len(assert_rows_are_the_engine_s(out, eager, 20, 500, 200)) == 3
 
 
 def test_freeze_gives_the_frozen_model_s_certificates_and_refuses_what_does_not_script(tmp_path, exported_model):
@@ -260,12 +260,7 @@ def test_freeze_gives_the_frozen_model_s_certificates_and_refuses_what_does_not_
     assert result.exit_code == 0, result.output
     frozen = SmoothedClassifier(freeze_model(denoised_classifier(load_model(weights), load_model(denoiser), 0.25)),
                                 10, Gaussian(0.25), channels_last=True)
-    x = load_dataset("digits").x
-    rows = read_rows(out)
-    assert len(rows) == 3
-    for row in rows:
-        expected = frozen.certify(x[row["index"]], 20, 500, 0.001, 200, seed=row["index"])
-        assert (row["prediction"], row["radius"]) == (expected.prediction, expected.radius)
+    assert len(assert_rows_are_the_engine_s(out, frozen, 20, 500, 200)) == 3
     refused = runner.invoke(app, ["certify", str(exported_model), "--n", "100", "--count", "1", "--freeze",
                                   "--out", str(tmp_path / "no.jsonl")])
     assert refused.exit_code == 2 and "ONNX and torch.export files do not script" in " ".join(refused.output.split())

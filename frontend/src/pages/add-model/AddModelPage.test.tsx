@@ -75,45 +75,37 @@ describe('AddModelPage', () => {
     expect(metadata).toEqual({ name: 'drunet', kind: 'denoiser', input_shape: [1, 8, 8] });
   });
 
-  it('sends torch.compile when chosen and shows the API refusing it for a compiled format', async () => {
-    const refusal = 'compile runs PyTorch modules through torch.compile (state_dict, safetensors, export files); '
-      + 'model 3 (cnn) is torchscript, a compiled graph already';
+  // uploads a model, picks ``graph`` and asks for a certification that the API refuses with ``refusal``
+  async function refusedGraph(file: string, graph: string, refusal: string) {
     const fetchMock = vi.fn(async (req: Request) => {
       if (req.method !== 'POST') return json(200, { data: [], count: 0 });
       return req.url.includes('/jobs') ? json(422, { detail: refusal }) : json(201, { id: 3 });
     });
     renderPage(fetchMock);
     const user = userEvent.setup();
-    await user.upload(screen.getByLabelText('File'), new File(['x'], 'cnn.pt'));
+    await user.upload(screen.getByLabelText('File'), new File(['x'], file));
     await user.type(screen.getByLabelText('Name'), 'cnn');
-    const graph = screen.getByLabelText('Graph');
-    expect(graph).toHaveValue('eager');
-    await user.selectOptions(graph, 'torch.compile');
+    expect(screen.getByLabelText('Graph')).toHaveValue('eager');
+    await user.selectOptions(screen.getByLabelText('Graph'), graph);
     await user.click(screen.getByRole('button', { name: 'Add and certify' }));
     expect(await screen.findByText(refusal)).toHaveAttribute('role', 'alert');
     const jobPosts = fetchMock.mock.calls.map(([req]) => req as Request)
       .filter((req) => req.method === 'POST' && req.url.includes('/jobs'));
     expect(jobPosts).toHaveLength(1);
-    expect((await jobPosts[0].json()).config).toMatchObject({ compile: true, freeze: false, bf16: false });
+    return (await jobPosts[0].json()).config;
+  }
+
+  it('sends torch.compile when chosen and shows the API refusing it for a compiled format', async () => {
+    const refusal = 'compile runs PyTorch modules through torch.compile (state_dict, safetensors, export files); '
+      + 'model 3 (cnn) is torchscript, a compiled graph already';
+    expect(await refusedGraph('cnn.pt', 'torch.compile', refusal))
+      .toMatchObject({ compile: true, freeze: false, bf16: false });
   });
 
   it('sends a frozen graph when chosen and shows the API refusing it for a format that does not script', async () => {
     const refusal = 'freeze scripts PyTorch modules into TorchScript (state_dict, safetensors, torchscript files); '
       + 'model 3 (cnn) is onnx, which TorchScript cannot script';
-    const fetchMock = vi.fn(async (req: Request) => {
-      if (req.method !== 'POST') return json(200, { data: [], count: 0 });
-      return req.url.includes('/jobs') ? json(422, { detail: refusal }) : json(201, { id: 3 });
-    });
-    renderPage(fetchMock);
-    const user = userEvent.setup();
-    await user.upload(screen.getByLabelText('File'), new File(['x'], 'cnn.onnx'));
-    await user.type(screen.getByLabelText('Name'), 'cnn');
-    await user.selectOptions(screen.getByLabelText('Graph'), 'frozen (TorchScript)');
-    await user.click(screen.getByRole('button', { name: 'Add and certify' }));
-    expect(await screen.findByText(refusal)).toHaveAttribute('role', 'alert');
-    const jobPosts = fetchMock.mock.calls.map(([req]) => req as Request)
-      .filter((req) => req.method === 'POST' && req.url.includes('/jobs'));
-    expect((await jobPosts[0].json()).config).toMatchObject({ compile: false, freeze: true });
+    expect(await refusedGraph('cnn.onnx', 'frozen (TorchScript)', refusal)).toMatchObject({ compile: false, freeze: true });
   });
 
   it("shows the API's 422 message beside the field it names", async () => {
