@@ -10,7 +10,7 @@ from pydantic import model_validator
 from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from engine.options import Method, NoiseKind
+from engine.options import COMPILE_CONFLICT, Method, NoiseKind
 
 
 def utcnow() -> datetime:
@@ -213,7 +213,7 @@ class JobConfig(SQLModel):
         if self.method is Method.dsrs and (self.q_sigma is None) == (self.q_threshold is None):
             raise ValueError("method dsrs needs exactly one of q_sigma and q_threshold")
         if self.freeze and self.compile:
-            raise ValueError("freeze and compile are two ways to compile the model: choose one")
+            raise ValueError(COMPILE_CONFLICT)
         if self.noise is NoiseKind.gaussian and self.k:
             raise ValueError("k is for general_gaussian noise")
         return self

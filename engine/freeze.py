@@ -25,6 +25,7 @@ import warnings
 import torch
 from torch import nn
 
+from engine.options import COMPILE_CONFLICT
 from engine.sampling import model_device, model_dtype
 
 
@@ -50,7 +51,7 @@ def freeze_model(model: nn.Module) -> FrozenModel:
     if isinstance(model, FrozenModel):
         return model
     if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-        raise ValueError("freeze and torch.compile are two ways to compile the model: choose one")
+        raise ValueError(COMPILE_CONFLICT)  # noqa: TRY004 - callers catch the engine's ValueErrors
     device, dtype = model_device(model), model_dtype(model)
     was_training = model.training
     model.eval()

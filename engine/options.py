@@ -18,3 +18,7 @@ class NoiseKind(str, Enum):
 class ISSMode(str, Enum):
     absolute = "absolute"
     relative = "relative"
+
+
+# the one message for asking both torch.compile and a frozen TorchScript graph of one model
+COMPILE_CONFLICT = "freeze and compile are two ways to compile the model: choose one"

@@ -23,8 +23,16 @@ from engine.bounds import (
 )
 from engine.freeze import FrozenModel, freeze_model
 from engine.noise import Noise
+from engine.options import COMPILE_CONFLICT
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
-from engine.sampling import Classifier, count_votes, count_votes_many, make_generator, model_device
+from engine.sampling import (
+    Classifier,
+    count_votes,
+    count_votes_many,
+    make_generator,
+    model_device,
+    model_dtype,
+)
 from engine.schedule import SampleSchedule, SequentialSchedule
 
 ABSTAIN = -1
@@ -100,8 +108,12 @@ class SmoothedClassifier:
         self.noise = noise
         self.channels_last = channels_last
         if freeze and compile:
-            raise ValueError("freeze and compile are two ways to compile the model: choose one")
-        if isinstance(model, torch.nn.Module) and not isinstance(model, FrozenModel):  # frozen: converted already
+            raise ValueError(COMPILE_CONFLICT)
+        if isinstance(model, FrozenModel):  # converted before it was frozen
+            if dtype is not None and dtype != model_dtype(model):
+                raise ValueError(f"the frozen graph computes in {model_dtype(model)}, not {dtype}: freeze the model "
+                                 "again in that precision")
+        elif isinstance(model, torch.nn.Module):
             model.eval()
             if dtype is not None:
                 model.to(dtype)

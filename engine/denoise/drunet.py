@@ -16,6 +16,7 @@ from torch import nn
 
 from engine.models.registry import register_model
 
+
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
 
@@ -50,7 +51,7 @@ class DRUNet(nn.Module):
     ``torch.jit.freeze`` can fold it into one graph with the classifier.
     """
 
-    __constants__ = ["pad_multiple"]
+    __constants__ = ("pad_multiple",)
     pad_multiple = 8  # three stride-2 stages
 
     def __init__(self, in_channels: int = 3, widths: Sequence[int] = (64, 128, 256, 512), blocks: int = 4,

@@ -127,5 +127,7 @@ def test_a_frozen_model_keeps_its_dtype_and_is_kept_as_it_is():
     r = smooth.certify(load_dataset("digits").x[0], 20, 200, 0.001, 100, seed=0)
     assert r.samples == 220
     # a worker hands the same frozen graph to every shard: neither frozen again nor converted
-    again = SmoothedClassifier(smooth.model, 10, Gaussian(0.25), dtype=torch.float32, freeze=True)
+    again = SmoothedClassifier(smooth.model, 10, Gaussian(0.25), dtype=torch.bfloat16, freeze=True)
     assert again.model is smooth.model and model_dtype(again.model) == torch.bfloat16
+    with pytest.raises(ValueError, match="computes in torch.bfloat16, not torch.float32"):
+        SmoothedClassifier(smooth.model, 10, Gaussian(0.25), dtype=torch.float32)
