@@ -434,7 +434,7 @@ def variant_figures(name: str, timings: dict, rate: dict) -> dict:
            f"speedup_vs_cohen{suffix}": rate[name] / rate["cohen"]}
     ceiling = forward_only_name(name)
     if ceiling is not None:
-        out[f"forward_only{suffix or '_channels_last'}_samples_per_s"] = rate[ceiling]
+        out[f"{ceiling}_samples_per_s"] = rate[ceiling]
         out[f"sampling_efficiency{suffix}"] = rate[name] / rate[ceiling]
     return out
 
@@ -474,12 +474,11 @@ def performance_markdown(r: dict) -> str:
                      f"{r[name + '_s']:.2f} s (ACR {r[name]['acr']:.4f} vs {r['cohen']['acr']:.4f}{built}) | "
                      f"{r['cohen_s']:.2f} s | {r['speedup_vs_cohen' + suffix]:.2f}x |")
     for name in VARIANTS:
-        suffix = name.removeprefix("ours")
-        if f"sampling_efficiency{suffix}" in r:
-            ceiling = r[f"forward_only{suffix or '_channels_last'}_samples_per_s"]
+        if (ceiling := forward_only_name(name)) is not None:
             lines.append(f"| certify vs its own forward pass alone (>= 0.90), {VARIANT_NAMES[name]} | digits CNN | "
-                         f"{r['n']:,} | {r[name + '_samples_per_s']:,.0f} samples/s | {ceiling:,.0f} samples/s | "
-                         f"{r['sampling_efficiency' + suffix]:.2f} |")
+                         f"{r['n']:,} | {r[name + '_samples_per_s']:,.0f} samples/s | "
+                         f"{r[ceiling + '_samples_per_s']:,.0f} samples/s | "
+                         f"{r['sampling_efficiency' + name.removeprefix('ours')]:.2f} |")
     lines.append(f"| packing {p['inputs']} small inputs (>= 5x) | digits CNN, eager fp32 | {p['n']:,} | "
                  f"{p['packed_s']:.2f} s | {p['one_at_a_time_s']:.2f} s one at a time | {p['speedup']:.2f}x |")
     for m in r.get("large_models", []):
