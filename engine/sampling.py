@@ -8,12 +8,15 @@ accumulated there with ``scatter_add_``, and the host waits once, at the end.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from engine.noise import Noise
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
+# called after each batch with the samples drawn so far in the call; it may raise to stop the run
+BatchHook = Callable[[int], None]
 
 
 def model_device(model: Classifier, default: torch.device | str = "cpu") -> torch.device:
@@ -81,6 +84,7 @@ def count_votes_many(
     generator: torch.Generator | None = None,
     channels_last: bool = False,
     static_shapes: bool = False,
+    on_batch: BatchHook | None = None,
 ) -> torch.Tensor:
     """Votes for several inputs at once: (len(xs), num_classes) int64 counts on the CPU.
 
@@ -88,7 +92,8 @@ def count_votes_many(
     still fill the device. ``n`` is one sample count for all inputs or one per input. Sample j of
     the flattened run belongs to input searchsorted(cumsum(n), j), computed on the device.
     ``static_shapes`` runs the model on the whole buffer even for a short last batch (its extra rows
-    are not counted): a compiled model then sees one batch shape and compiles once.
+    are not counted): a compiled model then sees one batch shape and compiles once. ``on_batch`` runs
+    after each batch's votes are queued (it adds no host synchronisation of its own).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -128,4 +133,42 @@ def count_votes_many(
             _check_logits(logits, num_classes)
             votes = logits.argmax(dim=1)
             counts.scatter_add_(0, votes if m == 1 else owner * num_classes + votes, ones[:b])
+            if on_batch is not None:
+                on_batch(start + b)
     return counts.view(m, num_classes).cpu()
+
+
+@runtime_checkable
+class Voter(Protocol):
+    """What the smoothed classifier asks of its base classifier: votes under noise.
+
+    ``ModelVoter`` answers in this process; a service answers from a sandboxed model process. A
+    generator is whatever ``generator(seed)`` returned, passed back unchanged to ``votes``.
+    """
+
+    def generator(self, seed: int | None) -> Any: ...
+
+    def votes(self, xs: torch.Tensor, noise: Noise, sizes: Sequence[int], batch_size: int,
+              generator: Any) -> torch.Tensor: ...
+
+
+class ModelVoter:
+    """``count_votes_many`` on a model in this process (the model converted beforehand, if at all)."""
+
+    def __init__(self, model: Classifier, num_classes: int, *, channels_last: bool = False,
+                 static_shapes: bool = False, on_batch: BatchHook | None = None) -> None:
+        self.model, self.num_classes = model, int(num_classes)
+        self.channels_last, self.static_shapes, self.on_batch = channels_last, static_shapes, on_batch
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def generator(self, seed: int | None) -> torch.Generator | None:
+        return make_generator(seed, self.device)
+
+    def votes(self, xs: torch.Tensor, noise: Noise, sizes: Sequence[int], batch_size: int,
+              generator: torch.Generator | None) -> torch.Tensor:
+        return count_votes_many(self.model, xs, noise, list(sizes), self.num_classes, batch_size, generator=generator,
+                                channels_last=self.channels_last, static_shapes=self.static_shapes,
+                                on_batch=self.on_batch)

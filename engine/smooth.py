@@ -2,7 +2,7 @@
 
 Neyman-Pearson certification (Cohen et al. 2019), optionally with input-specific sample sizes
 (Chen et al. 2022), and DSRS (Li et al. 2022) with a second sampling distribution Q. The class
-only composes the pure pieces: ``count_votes`` for sampling, ``engine.bounds`` for confidence
+only composes the pure pieces: a ``Voter`` for sampling (``count_votes_many`` on a model), ``engine.bounds`` for confidence
 intervals and ``engine.radius`` for radii.
 """
 
@@ -25,14 +25,7 @@ from engine.freeze import FrozenModel, freeze_model
 from engine.noise import Noise
 from engine.options import COMPILE_CONFLICT
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
-from engine.sampling import (
-    Classifier,
-    count_votes,
-    count_votes_many,
-    make_generator,
-    model_device,
-    model_dtype,
-)
+from engine.sampling import Classifier, ModelVoter, Voter, model_dtype
 from engine.schedule import SampleSchedule, SequentialSchedule
 
 ABSTAIN = -1
@@ -79,12 +72,39 @@ def scheduled_n(schedule: SampleSchedule, pilot_votes: int, n0: int, alpha: floa
     return int(schedule.sample_size(float(low), float(high)))
 
 
+def prepare_model(model: Classifier, *, channels_last: bool = False, dtype: torch.dtype | None = None,
+                  compile: bool | str = False, freeze: bool = False) -> Classifier:
+    """The base classifier as ``SmoothedClassifier`` runs it: eval mode, converted in place to ``dtype``
+    and NHWC, then frozen into one TorchScript graph or wrapped by ``torch.compile`` (see its __init__)."""
+    if freeze and compile:
+        raise ValueError(COMPILE_CONFLICT)
+    if isinstance(model, FrozenModel):  # converted before it was frozen
+        if dtype is not None and dtype != model_dtype(model):
+            raise ValueError(f"the frozen graph computes in {model_dtype(model)}, not {dtype}: freeze the model "
+                             "again in that precision")
+    elif isinstance(model, torch.nn.Module):
+        model.eval()
+        if dtype is not None:
+            model.to(dtype)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+    if freeze:
+        return freeze_model(model)
+    if compile and not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        return torch.compile(model, dynamic=False, mode=compile if isinstance(compile, str) else None)
+    return model
+
+
 class SmoothedClassifier:
     """Randomized smoothing of ``model`` (a batch in the [0, 1] input scale -> logits) under ``noise``."""
 
-    def __init__(self, model: Classifier, num_classes: int, noise: Noise, *, channels_last: bool = False,
+    def __init__(self, model: Classifier | Voter, num_classes: int, noise: Noise, *, channels_last: bool = False,
                  dtype: torch.dtype | None = None, compile: bool | str = False, freeze: bool = False) -> None:
-        """``channels_last=True`` converts ``model`` in place to NHWC weights and feeds it NHWC batches:
+        """``model`` is a base classifier run in this process (converted by ``prepare_model`` with the
+        options below), or a ``Voter`` that answers votes itself (a sandboxed model process), which
+        takes no options: it converted its model already.
+
+        ``channels_last=True`` converts ``model`` in place to NHWC weights and feeds it NHWC batches:
         faster convolutions on CPU (oneDNN) and GPU (cuDNN), the same function up to rounding.
 
         ``dtype=torch.bfloat16`` converts the model in place; noise is still drawn and added in float32
@@ -103,39 +123,29 @@ class SmoothedClassifier:
         """
         if noise.threshold is not None:
             raise ValueError("the smoothing distribution P must not be truncated; truncation is DSRS's Q")
-        self.model = model
         self.num_classes = int(num_classes)
         self.noise = noise
-        self.channels_last = channels_last
-        if freeze and compile:
-            raise ValueError(COMPILE_CONFLICT)
-        if isinstance(model, FrozenModel):  # converted before it was frozen
-            if dtype is not None and dtype != model_dtype(model):
-                raise ValueError(f"the frozen graph computes in {model_dtype(model)}, not {dtype}: freeze the model "
-                                 "again in that precision")
-        elif isinstance(model, torch.nn.Module):
-            model.eval()
-            if dtype is not None:
-                model.to(dtype)
-            if channels_last:
-                model.to(memory_format=torch.channels_last)
-        if freeze:
-            self.model = freeze_model(model)
-        self.compiled = bool(compile)
-        if compile and not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
-            self.model = torch.compile(model, dynamic=False, mode=compile if isinstance(compile, str) else None)
+        if isinstance(model, Voter):
+            if channels_last or dtype is not None or compile or freeze:
+                raise ValueError("a Voter runs its own model: convert that model before it answers votes")
+            self.voter: Voter = model
+            return
+        self.voter = ModelVoter(prepare_model(model, channels_last=channels_last, dtype=dtype, compile=compile,
+                                              freeze=freeze),
+                                num_classes, channels_last=channels_last, static_shapes=bool(compile))
 
     @property
-    def device(self) -> torch.device:
-        return model_device(self.model)
+    def model(self) -> Classifier:
+        """The base classifier as it is run (converted, frozen or compiled); a Voter has none here."""
+        if not isinstance(self.voter, ModelVoter):
+            raise AttributeError("this smoothed classifier's model runs behind a Voter")
+        return self.voter.model
 
-    def _generator(self, generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
-        return generator if generator is not None else make_generator(seed, self.device)
+    def _generator(self, generator: Any, seed: int | None) -> Any:
+        return generator if generator is not None else self.voter.generator(seed)
 
-    def _votes(self, x: torch.Tensor, noise: Noise, n: int, batch_size: int,
-               generator: torch.Generator | None) -> torch.Tensor:
-        return count_votes(self.model, x, noise, n, self.num_classes, batch_size, generator=generator,
-                           channels_last=self.channels_last, static_shapes=self.compiled)
+    def _votes(self, x: torch.Tensor, noise: Noise, n: int, batch_size: int, generator: Any) -> torch.Tensor:
+        return self.voter.votes(x.unsqueeze(0), noise, [n], batch_size, generator)[0]
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int, *,
                 generator: torch.Generator | None = None, seed: int | None = None) -> int:
@@ -199,14 +209,12 @@ class SmoothedClassifier:
             raise ValueError("the sequential schedule certifies inputs one at a time; use certify")  # noqa: TRY004
         start = time.perf_counter()
         gen = self._generator(generator, seed)
-        counts0 = count_votes_many(self.model, xs, self.noise, n0, self.num_classes, batch_size, generator=gen,
-                                   channels_last=self.channels_last, static_shapes=self.compiled)
+        counts0 = self.voter.votes(xs, self.noise, [n0] * len(xs), batch_size, gen)
         winners = [top_two(c)[0] for c in counts0]
         sizes = [n] * len(xs)
         if schedule is not None:
             sizes = [scheduled_n(schedule, int(c[w]), n0, alpha) for c, w in zip(counts0, winners, strict=True)]
-        counts = count_votes_many(self.model, xs, self.noise, sizes, self.num_classes, batch_size, generator=gen,
-                                  channels_last=self.channels_last, static_shapes=self.compiled)
+        counts = self.voter.votes(xs, self.noise, sizes, batch_size, gen)
         seconds = (time.perf_counter() - start) / max(len(xs), 1)
         d = xs[0].numel()
         return [replace(self._np_result(w, int(c[w]), size, alpha, d, n0 + size, "np"), seconds=seconds)

@@ -245,7 +245,7 @@ def test_compile_keeps_a_module_compiled_already_and_its_graphs():
     eager = SmoothedClassifier(model, 2, Gaussian(SIGMA)).certify(x, 20, 250, 0.001, 100, seed=0)
     for _ in range(2):  # a second smoothed classifier on the same wrapper compiles nothing more
         smooth = SmoothedClassifier(wrapper, 2, Gaussian(SIGMA), compile=True)
-        assert smooth.model is wrapper and smooth.compiled
+        assert smooth.model is wrapper and smooth.voter.static_shapes
         r = smooth.certify(x, 20, 250, 0.001, 100, seed=0)
         assert (r.prediction, r.radius) == (eager.prediction, eager.radius)
     assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])  # batches of 20 and of 100
