@@ -7,17 +7,18 @@ from functools import lru_cache
 
 import torch
 
-from backend.datasets import load_builtin
+from backend.datasets import load_builtin, load_upload_file
 from backend.models import Dataset
-from engine.data import ImageDataset, load_npz
+from engine.data import ImageDataset
 
 THUMBNAIL_PX = 64
 
 
 @lru_cache(maxsize=8)
 def load_upload(id: int, path: str) -> ImageDataset:
-    """An upload's arrays, kept in-process per dataset (its path is unique, so a reused id cannot go stale)."""
-    return load_npz(path)
+    """An upload's arrays, kept in-process per dataset (its path is unique, so a reused id cannot go stale);
+    x stays memory-mapped as stored and each image is converted when it is asked for."""
+    return load_upload_file(path)
 
 
 def load_cached(found: Dataset | str, split: str) -> ImageDataset:

@@ -24,24 +24,82 @@ DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "frontend" / "dist"  # `ma
 
 
 class UploadLimit:
-    """Refuse a request whose declared body exceeds the upload limit before reading it (a clear 413).
+    """Byte limits on request bodies, enforced as the bytes arrive (a pure ASGI middleware).
 
-    Bodies without a Content-Length are still capped while they are written to storage.
+    Multipart uploads may carry ``limit`` (MAX_UPLOAD_BYTES) plus ``slack`` for boundaries and form fields;
+    every other body (JSON, and anything FastAPI would read into memory) at most ``json_limit``
+    (MAX_JSON_BYTES). A declared Content-Length over the limit is answered 413 before the body is read. Without
+    one (chunked), ``receive`` is wrapped and counts the body: past the limit it raises BodyTooLarge, so the
+    multipart parser stops before spooling more to disk and nothing reaches a route; the answer is a 413
+    with {"detail": ...} naming the limit, whatever the app made of the cut-off body, as long as no response
+    has started. The rest of the body is never read: the server discards it.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, slack: int = 1 << 20) -> None:
-        self.app, self.limit = app, limit + slack  # slack: multipart boundaries and metadata fields
+    from starlette.exceptions import HTTPException
+
+    class BodyTooLarge(HTTPException):
+        """Raised from the wrapped ``receive`` once a body passes its limit: an HTTPException, so FastAPI's body
+        parsing re-raises it instead of calling the body malformed."""
+
+        def __init__(self, detail: str) -> None:
+            super().__init__(413, detail)
+
+    def __init__(self, app: ASGIApp, limit: int, json_limit: int, slack: int = 1 << 20) -> None:
+        self.app = app
+        self.upload = (limit + slack, f"MAX_UPLOAD_BYTES = {limit:,} bytes (plus {slack:,} for the form)")
+        self.json = (json_limit, f"MAX_JSON_BYTES = {json_limit:,} bytes (bodies other than file uploads)")
+
+    def _bound(self, scope: Scope) -> tuple[int, str]:
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                media = value.split(b";", 1)[0].strip().lower()
+                return self.upload if media == b"multipart/form-data" else self.json
+        return self.json
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.limit:
-                response = JSONResponse({"detail": f"request body of {int(length)} bytes exceeds the upload "
-                                                   f"limit of {self.limit} bytes"},
-                                        status_code=status.HTTP_413_CONTENT_TOO_LARGE)
-                await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, name = self._bound(scope)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > limit:
+            await self._refuse(scope, receive, send, f"request body of {int(length):,} bytes exceeds the limit {name}")
+            return
+        received, refusal, started = 0, None, False
+
+        async def counted() -> dict:
+            nonlocal received, refusal
+            if refusal is not None:
+                raise UploadLimit.BodyTooLarge(refusal)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refusal = f"request body exceeds the limit {name}: more than {limit:,} bytes arrived"
+                    raise UploadLimit.BodyTooLarge(refusal)
+            return message
+
+        async def guarded(message: dict) -> None:
+            nonlocal started
+            if refusal is not None and not started:  # answer the limit, not the app's view of a cut body
+                started = True
+                await self._refuse(scope, receive, send, refusal)
+            if refusal is not None:
                 return
-        await self.app(scope, receive, send)
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except UploadLimit.BodyTooLarge:
+            if started:
+                raise
+        if refusal is not None and not started:
+            await self._refuse(scope, receive, send, refusal)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
+        await JSONResponse({"detail": detail}, status_code=status.HTTP_413_CONTENT_TOO_LARGE)(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(api_router, prefix=settings.API_V1_STR)
     app.include_router(health.router)
-    app.add_middleware(UploadLimit, limit=settings.MAX_UPLOAD_BYTES)
+    app.add_middleware(UploadLimit, limit=settings.MAX_UPLOAD_BYTES, json_limit=settings.MAX_JSON_BYTES)
     if DASHBOARD_DIR.is_dir():  # the SPA routes by URL hash, so index.html at / is its only entry point
         app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
     return app

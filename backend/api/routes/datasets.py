@@ -38,17 +38,19 @@ async def create_dataset(
     dest = storage.new_path(settings.STORAGE_DIR, "datasets", owner.id, ".npz")
     try:
         await run_in_threadpool(storage.save_stream, file.file, upload, settings.MAX_UPLOAD_BYTES)
-        data, class_names = await run_in_threadpool(ingest_upload, upload, filename, dest,
-                                                    4 * settings.MAX_UPLOAD_BYTES)
+        data = await run_in_threadpool(ingest_upload, upload, filename, dest, 4 * settings.MAX_UPLOAD_BYTES)
     except storage.TooLarge as error:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError) as error:  # LimitExceeded (a ValueError) names the limit
         storage.remove(dest)
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{filename}: {error}") from None
+    except BaseException:
+        storage.remove(dest)
+        raise
     finally:
         storage.remove(upload)
-    row = Dataset(owner_id=owner.id, name=name, path=str(dest), size=len(data.x), input_shape=list(data.x.shape[1:]),
-                  num_classes=data.num_classes, class_names=class_names)
+    row = Dataset(owner_id=owner.id, name=name, path=str(dest), size=data.size, input_shape=data.input_shape,
+                  num_classes=data.num_classes, class_names=data.class_names)
     session.add(row)
     session.commit()
     session.refresh(row)
