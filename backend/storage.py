@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import unicodedata
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+MAX_FILENAME_CHARS = 255
+SUFFIX_CHARS = re.compile(r"[A-Za-z0-9.]*")
 
 
 class TooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"upload exceeds the limit of {limit} bytes")
         self.limit = limit
+
+
+def safe_suffix(filename: str, limit: int = 16) -> str:
+    """The suffix a stored copy of the upload ``filename`` takes (``.pt``, ``.safetensors``): its first ``limit``
+    characters, or "" when the name's suffix holds anything but [A-Za-z0-9.].
+
+    A name with a control character (NUL included) or longer than MAX_FILENAME_CHARS raises ValueError saying so.
+    """
+    if len(filename) > MAX_FILENAME_CHARS:
+        raise ValueError(f"the file's name is {len(filename)} characters long; at most {MAX_FILENAME_CHARS} are allowed")
+    for position, char in enumerate(filename):
+        if unicodedata.category(char) == "Cc":  # C0 (NUL ... US), DEL and C1
+            raise ValueError(f"the file's name holds a control character (U+{ord(char):04X} at position {position})")
+    suffix = PurePosixPath(filename).suffix[:limit]
+    return suffix if SUFFIX_CHARS.fullmatch(suffix) else ""
 
 
 def owner_folder(root: Path, kind: str, owner_id: int) -> Path:

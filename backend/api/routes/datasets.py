@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
@@ -34,7 +33,11 @@ async def create_dataset(
     name: Annotated[str, Form(min_length=1, max_length=255)],
 ) -> DatasetPublic:
     filename = file.filename or "upload"
-    upload = storage.new_path(settings.STORAGE_DIR, "uploads", owner.id, PurePosixPath(filename).suffix[:16])
+    try:
+        suffix = storage.safe_suffix(filename)
+    except ValueError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    upload = storage.new_path(settings.STORAGE_DIR, "uploads", owner.id, suffix)
     dest = storage.new_path(settings.STORAGE_DIR, "datasets", owner.id, ".npz")
     try:
         await run_in_threadpool(storage.save_stream, file.file, upload, settings.MAX_UPLOAD_BYTES)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
@@ -35,7 +34,10 @@ async def create_model(
 ) -> Model:
     """Register a model: the file is loaded and run once on a zero input of the declared shape."""
     meta = parse_metadata(metadata)
-    suffix = PurePosixPath(file.filename or "model").suffix[:16]
+    try:
+        suffix = storage.safe_suffix(file.filename or "model")
+    except ValueError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
     path = storage.new_path(settings.STORAGE_DIR, "models", owner.id, suffix)
     try:
         size, fmt = await run_in_threadpool(store_checked, file.file, path, meta, settings.MAX_UPLOAD_BYTES,
