@@ -64,6 +64,8 @@ class ApiToken(SQLModel, table=True):
     name: str = Field(max_length=255)
     token_hash: str = Field(unique=True, index=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None  # refused from this moment on; none: never expires
+    revoked_at: datetime | None = None  # `kavach token revoke`: refused from then on
 
 
 # -- models -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from backend.core.config import Settings, get_settings
-from backend.crud import get_owned, owner_for_token
+from backend.crud import get_owned, token_refusal, token_row
 from backend.db import get_engine
 from backend.models import Owner
 
@@ -33,10 +33,13 @@ bearer = HTTPBearer(auto_error=False, description="an API token from `kavach tok
 
 def get_current_owner(session: SessionDep,
                       credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Owner:
-    owner = owner_for_token(session=session, token=credentials.credentials) if credentials else None
+    row = token_row(session=session, token=credentials.credentials) if credentials else None
+    refusal = token_refusal(row) if row is not None else None
+    owner = session.get(Owner, row.owner_id) if row is not None and refusal is None else None
     if owner is None:
-        raise HTTPException(status_code=status.HTTP_401_UNAUTHORIZED,
-                            detail="missing or unknown API token: send Authorization: Bearer <token>",
+        detail = (f"API token {refusal}: ask for a new one (kavach token create NAME)" if refusal else
+                  "missing or unknown API token: send Authorization: Bearer <token>")
+        raise HTTPException(status_code=status.HTTP_401_UNAUTHORIZED, detail=detail,
                             headers={"WWW-Authenticate": "Bearer"})
     return owner
 
