@@ -1,98 +1,119 @@
-"""Registered model files: checked on upload, loaded for certification. The loading itself is the engine's."""
+"""Registered model files: checked on upload, served to workers; both only inside a model sandbox.
+
+The service never loads a user's file in its own processes: ``store_checked`` runs the upload check
+in a fresh confined model process (``backend.sandbox``), and a worker asks ``serve_registered`` for a
+model process that answers votes. What failed is said in our words (``SandboxError``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-import torch
-from torch import nn
-
-import engine.denoise  # noqa: F401  (registers the drunet and drunet_small architectures)
 from backend import storage
-from backend.models import ModelCreate, ModelKind
-from engine.models import UnsafeModelError, detect_format, load_model
-from engine.models.registry import with_normalization
+from backend.core.config import Settings, get_settings
+from backend.models import Model, ModelCreate, ModelKind
+from backend.sandbox import confine as confinement
+from backend.sandbox.loading import load_registered, with_input_scaling
+from backend.sandbox.process import (
+    ModelFile,
+    ModelProcess,
+    SandboxError,
+    SandboxLimits,
+    SandboxUnavailable,
+    check_model_file,
+    serve_model,
+)
+
+__all__ = ["ModelRejected", "SandboxUnavailable", "check_limits", "load_registered", "serve_registered",
+           "store_checked", "with_input_scaling", "worker_limits"]
 
 
 class ModelRejected(ValueError):
     """The file cannot serve as the declared model; the message says why."""
 
 
-def with_input_scaling(net: nn.Module, input_max: float, mean: Sequence[float] | None,
-                       std: Sequence[float] | None, channels: int) -> nn.Module:
-    """Wrap ``net`` so that it reads [0, 1] pixels: x * input_max, then (x - mean) / std per channel.
-
-    Both steps fold into one normalisation, (x - mean / input_max) / (std / input_max).
-    """
-    mean = list(mean) if mean is not None else [0.0] * channels
-    std = list(std) if std is not None else [1.0] * channels
-    if input_max == 1.0 and not any(mean) and all(s == 1.0 for s in std):
-        return net
-    return with_normalization(net, [m / input_max for m in mean], [s / input_max for s in std])
+def check_limits(settings: Settings) -> SandboxLimits:
+    return SandboxLimits(memory_bytes=settings.SANDBOX_CHECK_MEMORY_BYTES, cpu_seconds=settings.SANDBOX_CHECK_CPU_SECONDS,
+                         start_seconds=settings.SANDBOX_CHECK_SECONDS, batch_seconds=settings.SANDBOX_CHECK_SECONDS,
+                         file_bytes=64 << 20, threads=2)
 
 
-def load_registered(path: str | Path, *, format: str | None, arch: str | None, num_classes: int | None,
-                    input_shape: Sequence[int], input_max: float = 1.0, mean: Sequence[float] | None = None,
-                    std: Sequence[float] | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """The model as the smoothed classifier needs it: eval mode, reading [0, 1] inputs."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes} if arch and num_classes else {}
-    net = load_model(path, format=format, arch=arch, map_location=device, **kwargs)  # type: ignore[arg-type]
-    return with_input_scaling(net, input_max, mean, std, input_shape[0]).to(device).eval()
+def worker_limits(settings: Settings) -> SandboxLimits:
+    return SandboxLimits(memory_bytes=settings.SANDBOX_MEMORY_BYTES, cpu_seconds=int(settings.SANDBOX_LOAD_SECONDS) * 4,
+                         start_seconds=settings.SANDBOX_LOAD_SECONDS, batch_seconds=settings.SANDBOX_BATCH_SECONDS,
+                         threads=settings.SANDBOX_THREADS)
 
 
-def check_model_file(path: Path, *, format: str | None, arch: str | None, num_classes: int | None,
-                     input_shape: Sequence[int], input_max: float = 1.0, mean: Sequence[float] | None = None,
-                     std: Sequence[float] | None = None, denoiser: bool = False, shown_as: str | None = None) -> str:
-    """Load the file and run one forward pass on a zero input of the declared shape; return its format.
+def confined(settings: Settings) -> bool:
+    """Whether model processes are confined; raises SandboxUnavailable when they must be and cannot."""
+    if settings.SANDBOX == "off":
+        return False
+    reason = confinement.available()
+    if reason is not None:
+        raise SandboxUnavailable(f"this server cannot sandbox model files ({reason}); it refuses to load them. "
+                                 "SANDBOX=off runs them unconfined, for a machine whose only user is trusted")
+    return True
 
-    Raises ModelRejected naming the problem (the file called ``shown_as``, not by its storage path).
-    Pickles that need code are refused by the engine's loader before anything in them runs.
-    """
+
+def model_file(path: str | Path, *, format: str | None, arch: str | None, num_classes: int | None,
+               input_shape: Sequence[int], input_max: float = 1.0, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> ModelFile:
+    return ModelFile(file=str(path), format=format, arch=arch, num_classes=num_classes, input_shape=list(input_shape),
+                     input_max=input_max, mean=None if mean is None else list(mean),
+                     std=None if std is None else list(std))
+
+
+def row_file(row: Model) -> ModelFile:
+    return model_file(row.path, format=row.format.value if row.format else None, arch=row.arch,
+                      num_classes=row.num_classes, input_shape=row.input_shape, input_max=row.input_max,
+                      mean=row.mean, std=row.std)
+
+
+def check_stored(path: Path, meta: ModelCreate, settings: Settings, shown_as: str | None = None) -> str:
+    """Load the stored file in a model sandbox and run one forward pass on a zero input of the declared
+    shape; return its format. Raises ModelRejected naming the problem, or SandboxUnavailable."""
+    file = model_file(path, format=meta.format.value if meta.format else None, arch=meta.arch,
+                      num_classes=meta.num_classes, input_shape=meta.input_shape, input_max=meta.input_max,
+                      mean=meta.mean, std=meta.std)
     try:
-        return _check(path, format, arch, num_classes, input_shape, input_max, mean, std, denoiser)
-    except ModelRejected as error:
-        raise ModelRejected(str(error).replace(str(path), shown_as or path.name)) from None
+        answer = check_model_file([file], limits=check_limits(settings), confine=confined(settings))
+    except SandboxUnavailable:
+        raise
+    except SandboxError as error:  # the sandbox names staged files model0.<suffix>; say the upload's name
+        staged = "model0" + "".join(PurePosixPath(path).suffixes[-1:])
+        raise ModelRejected(str(error).replace(staged, shown_as or "the file")) from None
+    shape = (1, *meta.input_shape)
+    denoiser = meta.kind is ModelKind.denoiser
+    want = list(shape) if denoiser else [1, meta.num_classes]
+    got = answer.get("shape")
+    if got != want:
+        shown = got if got is not None else str(answer.get("type"))
+        what = "an image of the input's shape" if denoiser else f"{meta.num_classes} class scores"
+        raise ModelRejected(f"the model returned {shown} for an input of shape {list(shape)}; expected {what} {want}")
+    return str(answer["format"])
 
 
-def store_checked(stream: BinaryIO, path: Path, meta: ModelCreate, max_bytes: int, shown_as: str | None) -> tuple[int, str]:
+def store_checked(stream: BinaryIO, path: Path, meta: ModelCreate, max_bytes: int, shown_as: str | None,
+                  settings: Settings | None = None) -> tuple[int, str]:
     """Copy ``stream`` to ``path`` and check it as ``meta`` declares; return (size, format).
 
-    Raises storage.TooLarge or ModelRejected, and then leaves nothing at ``path``.
+    Raises storage.TooLarge, ModelRejected or SandboxUnavailable, and then leaves nothing at ``path``.
     """
     size = storage.save_stream(stream, path, max_bytes)
     try:
-        fmt = check_model_file(path, format=meta.format.value if meta.format else None, arch=meta.arch,
-                               num_classes=meta.num_classes, input_shape=meta.input_shape, input_max=meta.input_max,
-                               mean=meta.mean, std=meta.std, denoiser=meta.kind is ModelKind.denoiser,
-                               shown_as=shown_as)
-    except ModelRejected:
+        fmt = check_stored(path, meta, settings or get_settings(), shown_as)
+    except (ModelRejected, SandboxError):
         storage.remove(path)
         raise
     return size, fmt
 
 
-def _check(path: Path, format: str | None, arch: str | None, num_classes: int | None, input_shape: Sequence[int],
-           input_max: float, mean: Sequence[float] | None, std: Sequence[float] | None, denoiser: bool) -> str:
-    fmt = format or detect_format(path)
-    try:
-        net = load_registered(path, format=fmt, arch=arch, num_classes=num_classes, input_shape=input_shape,
-                              input_max=input_max, mean=mean, std=std)
-    except UnsafeModelError as error:
-        raise ModelRejected(f"refused: {error}") from None
-    except Exception as error:  # noqa: BLE001  any failure to load is the file's problem, reported to the uploader
-        raise ModelRejected(f"cannot load the file as {fmt}: {error}") from None
-    shape = (1, *input_shape)
-    try:
-        with torch.inference_mode():
-            out = net(torch.zeros(shape))
-    except Exception as error:  # noqa: BLE001  whatever the model raises is the uploader's to see
-        raise ModelRejected(f"the forward pass on a zero input of shape {list(shape)} failed: {error}") from None
-    want = shape if denoiser else (1, num_classes)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(want):
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        what = "an image of the input's shape" if denoiser else f"{num_classes} class scores"
-        raise ModelRejected(f"the model returned {got} for an input of shape {list(shape)}; expected {what} "
-                            f"{list(want)}")
-    return fmt
+def serve_registered(model: Model, denoiser: Model | None, *, settings: Settings, device: str,
+                     options: dict[str, Any]) -> ModelProcess:
+    """A ready model process holding ``model`` (behind ``denoiser`` when given) converted as ``options``
+    say (num_classes, sigma, bf16, compile, freeze, channels_last)."""
+    files = [row_file(model)] + ([row_file(denoiser)] if denoiser is not None else [])
+    return serve_model(files, limits=worker_limits(settings), confine=confined(settings), device=device,
+                       options=options)

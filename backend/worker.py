@@ -30,12 +30,29 @@ from backend.core.config import Settings, get_settings
 from backend.datasets import find_dataset, load_for_job
 from backend.db import get_engine
 from backend.keys import ARQ_IN_PROGRESS_PREFIX, QUEUE_NAME
-from backend.modelfiles import load_registered
-from backend.models import Job, JobConfig, JobState, Model, Owner, ResultRow, Shard, ShardState, utcnow
+from backend.modelfiles import serve_registered
+from backend.models import (
+    Job,
+    JobConfig,
+    JobState,
+    Model,
+    ModelFormat,
+    Owner,
+    ResultRow,
+    Shard,
+    ShardState,
+    utcnow,
+)
 from backend.queue import SHARD_TASK, ShardTask, redis_settings
+from backend.sandbox.process import (
+    ModelFailed,
+    ModelProcess,
+    ModelStopped,
+    RemoteVoter,
+    SandboxUnavailable,
+    VotesCancelled,
+)
 from engine.data import ImageDataset
-from engine.denoise import denoised_classifier
-from engine.freeze import freeze_model
 from engine.noise import make_noise
 from engine.schedule import SampleSchedule, make_schedule
 from engine.smooth import CertifyResult, SmoothedClassifier
@@ -59,14 +76,15 @@ class ShardWork:
 
 
 class Resources:
-    """Per-process caches: loaded models and datasets outlive one shard."""
+    """Per-process caches: model processes and datasets outlive one shard."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = settings.DEVICE or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.models: OrderedDict[Any, torch.nn.Module] = OrderedDict()
-        # compiled jobs' base classifiers (torch.compile wrappers, frozen graphs), each over copies of its own
-        self.compiled: OrderedDict[Any, torch.nn.Module] = OrderedDict()
+        # one confined model process per (model, denoiser and its sigma, precision, graph): never shared by
+        # jobs that convert the model differently, and reused by the next shards of the same kind
+        self.processes: OrderedDict[tuple, ModelProcess] = OrderedDict()
+        self.process_slots = max(settings.SANDBOX_CACHE_SIZE, settings.WORKER_MAX_JOBS)
         self.datasets: OrderedDict[tuple[int, str, str], ImageDataset] = OrderedDict()
         self.lock = threading.RLock()  # guards the caches
 
@@ -79,45 +97,43 @@ class Resources:
             cache.move_to_end(key)
             return cache[key]
 
-    def load(self, row: Model) -> torch.nn.Module:
-        return load_registered(row.path, format=row.format.value if row.format else None, arch=row.arch,
-                               num_classes=row.num_classes, input_shape=row.input_shape, input_max=row.input_max,
-                               mean=row.mean, std=row.std, device=self.device)
+    @staticmethod
+    def process_key(job: Job, config: JobConfig) -> tuple:
+        graph = "freeze" if config.freeze else "compile" if config.compile else "eager"
+        sigma = None if config.denoiser_id is None else config.sigma
+        return (job.model_id, config.denoiser_id, sigma, "bf16" if config.bf16 else "fp32", graph)
 
-    def model(self, row: Model, key: Any = None) -> torch.nn.Module:
-        return self._remember(self.models, row.id if key is None else key, lambda: self.load(row))
+    def model_process(self, session: Session, job: Job, config: JobConfig) -> ModelProcess:
+        """The job's base classifier in a ready model process (the model, or classifier(denoiser(x)) with the
+        denoiser's noise level fixed to the job's sigma), converted as the job asks."""
+        key = self.process_key(job, config)
+        with self.lock:
+            process = self.processes.get(key)
+            if process is not None and process.alive:
+                self.processes.move_to_end(key)
+                return process
+            if process is not None:  # died (a limit stopped it): start afresh
+                process.close()
+                del self.processes[key]
+            model = session.get(Model, job.model_id)
+            denoiser = None if config.denoiser_id is None else session.get(Model, config.denoiser_id)
+            options = {"num_classes": model.num_classes, "sigma": config.sigma, "bf16": config.bf16,
+                       "compile": config.compile, "freeze": config.freeze,
+                       # NHWC pays on GPUs; a TorchScript archive keeps the layout it was saved with
+                       "channels_last": self.device != "cpu" and model.format is not ModelFormat.torchscript}
+            process = serve_registered(model, denoiser, settings=self.settings, device=self.device, options=options)
+            log.info("model process started", job=job.id, key=key, pid=process.process.pid)
+            self.processes[key] = process
+            while len(self.processes) > self.process_slots:
+                _, evicted = self.processes.popitem(last=False)
+                evicted.close()
+            return process
 
-    def base_classifier(self, session: Session, job: Job, config: JobConfig) -> torch.nn.Module:
-        """The job's model, or classifier(denoiser(x)) with the denoiser's noise level fixed to the job's sigma;
-        for a compiled job, that base classifier wrapped by torch.compile, or frozen into one graph."""
-        # a bf16 job converts its copies in place, so they are cached apart from the fp32 ones
-        precision = "bf16" if config.bf16 else "fp32"
-        if config.compile or config.freeze:
-            # the wrapper is kept, so later shards of compiled jobs reuse the graphs it compiled (that is where
-            # compiling pays); it owns fresh copies, so an eager job never runs or converts a compiled job's model
-            sigma = None if config.denoiser_id is None else config.sigma
-            key = ("freeze" if config.freeze else "compile", job.model_id, config.denoiser_id, sigma, precision)
-            return self._remember(self.compiled, key, lambda: self._compile(session, job, config, key))
-        net = self.model(session.get(Model, job.model_id), key=(job.model_id, precision))
-        if config.denoiser_id is None:
-            return net
-        # one copy per sigma: shards of jobs with other sigmas may share this process
-        denoiser = self.model(session.get(Model, config.denoiser_id),
-                              key=(config.denoiser_id, config.sigma, precision))
-        return denoised_classifier(net, denoiser, config.sigma)
-
-    def _compile(self, session: Session, job: Job, config: JobConfig, key: Any) -> torch.nn.Module:
-        """torch.compile of the base classifier (the composed one for a denoised job), on fresh copies; or,
-        for ``config.freeze``, those copies in the job's precision frozen into one TorchScript graph."""
-        net = self.load(session.get(Model, job.model_id))
-        if config.denoiser_id is not None:
-            net = denoised_classifier(net, self.load(session.get(Model, config.denoiser_id)), config.sigma)
-        if config.freeze:
-            log.info("base classifier frozen", job=job.id, key=key)
-            return freeze_model(net.to(torch.bfloat16) if config.bf16 else net)
-        log.info("base classifier wrapped in torch.compile", job=job.id, key=key)
-        # the graphs themselves are compiled by the first batch of each size, as SmoothedClassifier compiles
-        return torch.compile(net.eval(), dynamic=False)
+    def close(self) -> None:
+        with self.lock:
+            for process in self.processes.values():
+                process.close()
+            self.processes.clear()
 
     def dataset(self, session: Session, job: Job) -> ImageDataset:
         def load() -> ImageDataset:
@@ -137,7 +153,7 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
         stored = set(session.exec(select(ResultRow.index).where(ResultRow.job_id == job.id,
                                                                 col(ResultRow.index).in_(shard.indices))).all())
         config = JobConfig(**job.config)
-        net = resources.base_classifier(session, job, config)
+        process = resources.model_process(session, job, config)
         data = resources.dataset(session, job)
         classes = session.get(Model, job.model_id).num_classes
         now = utcnow()
@@ -151,14 +167,18 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
         session.refresh(shard)
     d = data.x[0].numel()
     noise = make_noise(config.noise.value, config.sigma, k=config.k, d=d if config.k else None)
-    eager = not isinstance(net, torch.jit.ScriptModule) and resources.device != "cpu"
-    # a compiled job's net is the cached torch.compile wrapper: SmoothedClassifier keeps it (converting the
-    # module inside it on its first shard) and feeds it batches of one shape per size
-    smoothed = SmoothedClassifier(net, classes, noise, channels_last=eager,
-                                  dtype=torch.bfloat16 if config.bf16 else None, compile=config.compile,
-                                  freeze=config.freeze)
+    # the certificate's arithmetic stays here; the model process only answers votes, and is told to stop
+    # between batches once the job is cancelled
+    voter = RemoteVoter(process, should_stop=lambda: job_finished(task.job_id))
+    smoothed = SmoothedClassifier(voter, classes, noise)
     return ShardWork(shard, config, smoothed, data, sample_schedule(config),
                      [i for i in shard.indices if i not in stored])
+
+
+def job_finished(job_id: int) -> bool:
+    with Session(get_engine()) as session:
+        job = session.get(Job, job_id)
+        return job is None or job.state.finished
 
 
 def sample_schedule(c: JobConfig) -> SampleSchedule | None:
@@ -169,9 +189,8 @@ def sample_schedule(c: JobConfig) -> SampleSchedule | None:
 
 def stop_if_finished(work: ShardWork) -> None:
     """Raise ShardStopped once the job was cancelled (or finished elsewhere)."""
-    with Session(get_engine()) as session:
-        if session.get(Job, work.shard.job_id).state.finished:
-            raise ShardStopped
+    if job_finished(work.shard.job_id):
+        raise ShardStopped
 
 
 def result_row(work: ShardWork, index: int, result: CertifyResult) -> ResultRow:
@@ -264,16 +283,20 @@ async def certify_shard(ctx: dict[str, Any], task: dict[str, int]) -> dict[str, 
                 await asyncio.to_thread(certify_group, work, group)
                 done += len(group)
         await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.done)
-    except ShardStopped:
+    except (ShardStopped, VotesCancelled):
         log.info("shard stopped", job=shard_task.job_id, shard=shard_task.shard_id, certified=done)
         return {"certified": done, "stopped": True}
-    except ValueError as error:  # the job's settings cannot work (from the engine's checks): do not retry
+    except (ValueError, ModelFailed, SandboxUnavailable) as error:
+        # the job's settings cannot work (the engine's checks), the model raises, or this server cannot
+        # sandbox models: another try would fail the same way
         await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.failed, str(error))
         log.warning("shard failed", job=shard_task.job_id, shard=shard_task.shard_id, error=str(error))
         return {"certified": done, "error": str(error)}
-    except Exception as error:
+    except Exception as error:  # a model process stopped by a limit or killed, the database or Redis gone...
         if ctx["job_try"] >= settings.SHARD_MAX_TRIES:
-            await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.failed, repr(error))
+            why = str(error) if isinstance(error, ModelStopped) else repr(error)
+            await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.failed,
+                                    f"shard failed after {ctx['job_try']} tries: {why}")
             raise
         log.warning("shard will be retried", job=shard_task.job_id, shard=shard_task.shard_id, error=repr(error))
         raise Retry(defer=ctx["job_try"]) from error
@@ -291,12 +314,17 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["resources"] = Resources(ctx["settings"])
 
 
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if "resources" in ctx:
+        await asyncio.to_thread(ctx["resources"].close)
+
+
 def worker_settings(settings: Settings) -> dict[str, Any]:
     if settings.REDIS_URL is None:
         raise SystemExit("REDIS_URL is not set: point the worker at the API's Redis (make run prints it)")
     shard: Function = func(certify_shard, name=SHARD_TASK, max_tries=settings.SHARD_MAX_TRIES,
                            timeout=7 * 24 * 3600)  # a shard's length is bounded by its inputs, not a clock
-    return {"functions": [shard], "on_startup": startup, "redis_settings": redis_settings(settings.REDIS_URL),
+    return {"functions": [shard], "on_startup": startup, "on_shutdown": shutdown, "redis_settings": redis_settings(settings.REDIS_URL),
             "queue_name": QUEUE_NAME, "max_jobs": settings.WORKER_MAX_JOBS, "poll_delay": settings.WORKER_POLL_SECONDS,
             "keep_result": 3600, "handle_signals": True}
 
@@ -306,6 +334,7 @@ class WorkerSettings:
 
     functions: ClassVar = [func(certify_shard, name=SHARD_TASK, timeout=7 * 24 * 3600)]
     on_startup = startup
+    on_shutdown = shutdown
     queue_name = QUEUE_NAME
     redis_settings = redis_settings(get_settings().REDIS_URL) if get_settings().REDIS_URL else None
 

@@ -31,6 +31,11 @@ class UnsafeModelError(ValueError):
     """The file would execute code when loaded (a pickled class, function or module)."""
 
 
+class ModelFileError(ValueError):
+    """The file is not the model it claims to be; the message is the loader's own, safe to show the
+    file's owner (it never carries text from code the file ran)."""
+
+
 def detect_format(path: str | Path) -> Format:
     """Guess the format from the suffix and, for zip archives, from their members."""
     path = Path(path)
@@ -95,17 +100,17 @@ def safe_torch_load(source: str | Path | bytes, map_location: str | torch.device
             stream.seek(0)
             garbage = not is_zip and not _parses_as_pickle(stream)
         if garbage and "Unsupported global" not in str(error):
-            raise ValueError(f"{name} is not a readable torch checkpoint") from None
+            raise ModelFileError(f"{name} is not a readable torch checkpoint") from None
         raise _refuse(name, error) from None
     except (KeyError, EOFError, RuntimeError) as error:
-        raise ValueError(f"{name} is not a readable torch checkpoint: {error!r}") from None
+        raise ModelFileError(f"{name} is not a readable torch checkpoint: {error!r}") from None
 
 
 def _extract_state_dict(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str | None, dict[str, Any]]:
     """The tensors of a checkpoint, unwrapping ``{"state_dict": ...}``-style dicts; also its ``arch``
     and ``arch_kwargs`` (plain values: the trainers' checkpoints record widths and class counts there)."""
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(f"expected a state dict (a mapping of names to tensors), got {type(checkpoint).__name__}")
+        raise ModelFileError(f"expected a state dict (a mapping of names to tensors), got {type(checkpoint).__name__}")
     arch = checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None
     saved_kwargs = checkpoint.get("arch_kwargs")
     saved_kwargs = dict(saved_kwargs) if isinstance(saved_kwargs, Mapping) and arch else {}
@@ -115,7 +120,7 @@ def _extract_state_dict(checkpoint: Any) -> tuple[dict[str, torch.Tensor], str |
             break
     tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError("the checkpoint holds no tensors")
+        raise ModelFileError("the checkpoint holds no tensors")
     return tensors, arch, saved_kwargs
 
 
@@ -134,7 +139,7 @@ def _match_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str,
 def _build(arch: str | None, state: dict[str, torch.Tensor], path: Path, strict: bool,
            **arch_kwargs: Any) -> nn.Module:
     if arch is None:
-        raise ValueError(f"{path} holds only weights: name the architecture (arch=..., --arch NAME)")
+        raise ModelFileError(f"{path} holds only weights: name the architecture (arch=..., --arch NAME)")
     model = create_model(arch, **arch_kwargs)
     model.load_state_dict(_match_keys(state, set(model.state_dict())), strict=strict)
     return model
@@ -206,7 +211,7 @@ def check_exported_archive(path: str | Path) -> None:
                     pickled.add(member)
         for member in sorted(pickled):
             if member not in names:
-                raise ValueError(f"{path}: member {member} named in the archive is missing")
+                raise ModelFileError(f"{path}: member {member} named in the archive is missing")
             safe_torch_load(archive.read(member), name=f"{path}:{member}")
 
 
@@ -229,13 +234,13 @@ class OnnxModel(nn.Module):
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         except Exception as error:  # noqa: BLE001  onnxruntime raises its own untyped errors
-            raise ValueError(f"{path} is not a readable ONNX model: {error}") from None
+            raise ModelFileError(f"{path} is not a readable ONNX model: {error}") from None
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise ValueError(f"{path}: an ONNX classifier must take one input, this one takes {len(inputs)}")
+            raise ModelFileError(f"{path}: an ONNX classifier must take one input, this one takes {len(inputs)}")
         batch = inputs[0].shape[0] if inputs[0].shape else None
         if isinstance(batch, int):
-            raise ValueError(f"{path}: the ONNX input's batch dimension is fixed at {batch}; export it as dynamic "  # noqa: TRY004
+            raise ModelFileError(f"{path}: the ONNX input's batch dimension is fixed at {batch}; export it as dynamic "  # noqa: TRY004
                              "(dynamic_axes={'input': {0: 'batch'}}) so noisy copies can be batched")
         self.input_name = inputs[0].name
 
@@ -270,5 +275,5 @@ def load_model(path: str | Path, format: Format | None = None, arch: str | None 
     elif fmt == "onnx":
         model = load_onnx(path)
     else:
-        raise ValueError(f"unknown model format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise ModelFileError(f"unknown model format {fmt!r}: use one of {', '.join(FORMATS)}")
     return model.eval()

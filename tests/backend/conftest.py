@@ -27,6 +27,7 @@ from backend.embedded import EmbeddedRedis
 REPO = Path(__file__).resolve().parents[2]
 SHARD_SIZE = 4
 MAX_UPLOAD_BYTES = 2_000_000
+SANDBOX_CHECK_SECONDS = 20
 
 
 def free_port() -> int:
@@ -111,7 +112,8 @@ def start_service(root: Path) -> tuple[Service, EmbeddedRedis | None]:
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "STORAGE_DIR": str(root / "storage"),
            "SHARD_SIZE": str(SHARD_SIZE), "SHARD_LEASE_SECONDS": "2", "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
            "WORKER_POLL_SECONDS": "0.05", "PROGRESS_INTERVAL_SECONDS": "0.2", "PYTHONPATH": str(REPO),
-           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "METRICS_TOKEN": "test-metrics-token",
+           "SANDBOX_CHECK_SECONDS": str(SANDBOX_CHECK_SECONDS), "SANDBOX_THREADS": "1"}
     (root / "logs").mkdir()
     svc = Service(url=f"http://127.0.0.1:{port}", env=env, logs=root / "logs", database_url=database_url)
     try:

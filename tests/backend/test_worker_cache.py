@@ -1,19 +1,24 @@
-"""The worker's per-process model caches: which jobs share a loaded module, and which never do."""
+"""The worker's model processes: which jobs share one, which never do, and that each answers as the engine."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
-from torch._dynamo.eval_frame import OptimizedModule
 
 from backend.core.config import Settings
 from backend.models import Job, JobConfig, Model, ModelFormat, ModelKind
+from backend.sandbox.loading import load_registered
+from backend.sandbox.process import ModelProcess, RemoteGenerator
 from backend.worker import Resources
-from engine.denoise import DRUNet
+from engine.denoise import DRUNet, denoised_classifier
 from engine.models import create_model
-from engine.sampling import model_dtype
+from engine.noise import Gaussian
+from engine.sampling import ModelVoter, make_generator
+from engine.smooth import prepare_model
 from engine.train.checkpoint import save_checkpoint
 from tests.backend.test_service import DRUNET_KWARGS
 
@@ -21,7 +26,7 @@ CLASSIFIER, DENOISER = 1, 2
 
 
 class Rows:
-    """Stands in for a database session: Session.get(Model, id) is all the caches ask of it."""
+    """Stands in for a database session: Session.get(Model, id) is all the worker's caches ask of it."""
 
     def __init__(self, folder: Path) -> None:
         torch.manual_seed(0)
@@ -37,65 +42,76 @@ class Rows:
         assert table is Model
         return self.rows[id]
 
+    def load(self, id: int) -> torch.nn.Module:
+        row = self.rows[id]
+        return load_registered(row.path, format=row.format.value, arch=row.arch, num_classes=row.num_classes,
+                               input_shape=row.input_shape)
+
 
 @pytest.fixture
 def rows(tmp_path) -> Rows:
     return Rows(tmp_path)
 
 
-def base(resources: Resources, rows: Rows, **config) -> torch.nn.Module:
+@pytest.fixture
+def resources():
+    made = Resources(Settings(DEVICE="cpu", SANDBOX_CACHE_SIZE=8, SANDBOX_THREADS=1))
+    yield made
+    made.close()
+
+
+def process(resources: Resources, rows: Rows, **config) -> ModelProcess:
     job = Job(id=1, owner_id=1, model_id=CLASSIFIER, dataset="digits", split="test", subset={}, config={}, total=1)
-    return resources.base_classifier(rows, job, JobConfig(**config))
+    return resources.model_process(rows, job, JobConfig(**config))
 
 
-def weights(module: torch.nn.Module) -> set[int]:
-    return {id(p) for p in module.parameters()}
+X = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(3))
 
 
-def test_compiled_jobs_share_one_torch_compile_wrapper_over_copies_no_eager_job_uses(rows):
-    resources = Resources(Settings(DEVICE="cpu"))
-    compiled = base(resources, rows, compile=True)
-    eager = base(resources, rows)
-    assert isinstance(compiled, OptimizedModule) and not isinstance(eager, OptimizedModule)
-    # the next compiled shard (of this job or another on the model) runs the same wrapper, and its graphs
-    assert base(resources, rows, compile=True, sigma=0.5) is compiled
-    assert base(resources, rows) is eager and not weights(eager) & weights(compiled)
-    # bf16 converts its copies in place: a compiled bf16 job has a wrapper of its own
-    compiled_bf16 = base(resources, rows, compile=True, bf16=True)
-    assert compiled_bf16 is not compiled and not weights(compiled_bf16) & weights(compiled)
+def remote_votes(proc: ModelProcess, seed: int = 5) -> list[int]:
+    return proc.votes(X, Gaussian(0.25), [300], 128, RemoteGenerator(seed))[0].tolist()
 
 
-def test_a_compiled_denoised_job_compiles_the_composed_classifier_at_its_sigma(rows):
-    resources = Resources(Settings(DEVICE="cpu"))
-    wrappers = {sigma: base(resources, rows, compile=True, denoiser_id=DENOISER, sigma=sigma) for sigma in (0.25, 0.5)}
-    for sigma, wrapper in wrappers.items():
-        assert isinstance(wrapper, OptimizedModule)
-        denoiser, classifier = wrapper._orig_mod  # classifier(denoiser(x)), compiled as one module
-        assert isinstance(denoiser, DRUNet) and denoiser.noise_level == sigma
-        assert not isinstance(classifier, DRUNet)
-    assert base(resources, rows, compile=True, denoiser_id=DENOISER, sigma=0.25) is wrappers[0.25]
-    eager = base(resources, rows, denoiser_id=DENOISER, sigma=0.25)
-    assert not isinstance(eager, OptimizedModule) and not weights(eager) & weights(wrappers[0.25])
+def local_votes(model: torch.nn.Module, seed: int = 5) -> list[int]:
+    return ModelVoter(model, 10).votes(X, Gaussian(0.25), [300], 128, make_generator(seed, "cpu"))[0].tolist()
 
 
-def test_frozen_jobs_share_one_frozen_graph_per_model_precision_and_denoiser_sigma(rows):
-    from engine.denoise import denoised_classifier
-    from engine.freeze import FrozenModel
+def test_jobs_that_convert_the_model_alike_share_a_model_process_and_others_never_do(resources, rows):
+    eager = process(resources, rows)
+    assert process(resources, rows, sigma=0.5) is eager  # no denoiser: sigma does not enter the model
+    frozen = process(resources, rows, freeze=True)
+    bf16 = process(resources, rows, bf16=True)
+    assert len({id(p) for p in (eager, frozen, bf16)}) == 3
+    assert len({p.process.pid for p in (eager, frozen, bf16)}) == 3
+    assert process(resources, rows, freeze=True, sigma=0.5) is frozen
+    # each answers exactly as the engine's own conversion of the same file, seed for seed
+    assert remote_votes(eager) == local_votes(rows.load(CLASSIFIER))
+    assert remote_votes(frozen) == local_votes(prepare_model(rows.load(CLASSIFIER), freeze=True))
+    assert remote_votes(bf16) == local_votes(prepare_model(rows.load(CLASSIFIER), dtype=torch.bfloat16))
+    resources.close()
+    assert not any(p.alive for p in (eager, frozen, bf16))
 
-    resources = Resources(Settings(DEVICE="cpu"))
-    frozen = base(resources, rows, freeze=True)
-    assert isinstance(frozen, FrozenModel) and model_dtype(frozen) == torch.float32
-    assert base(resources, rows, freeze=True, sigma=0.5) is frozen  # no denoiser: sigma does not enter the graph
-    eager, compiled = base(resources, rows), base(resources, rows, compile=True)
-    assert not isinstance(eager, FrozenModel) and compiled is not frozen
-    frozen_bf16 = base(resources, rows, freeze=True, bf16=True)
-    assert frozen_bf16 is not frozen and model_dtype(frozen_bf16) == torch.bfloat16
-    assert model_dtype(eager) == torch.float32  # converting for bf16 touched fresh copies only
-    x = torch.rand(5, 1, 8, 8)
-    for sigma in (0.25, 0.5):  # the denoiser's level is a constant of each graph: one graph per sigma
-        graph = base(resources, rows, freeze=True, denoiser_id=DENOISER, sigma=sigma)
-        assert base(resources, rows, freeze=True, denoiser_id=DENOISER, sigma=sigma) is graph
-        reference = denoised_classifier(resources.load(rows.get(Model, CLASSIFIER)),
-                                        resources.load(rows.get(Model, DENOISER)), sigma)
-        with torch.inference_mode():
-            assert torch.allclose(graph(x), reference(x), atol=1e-5)
+
+def test_a_denoised_job_has_one_model_process_per_sigma_with_the_level_fixed_inside(resources, rows):
+    for sigma in (0.25, 0.5):
+        proc = process(resources, rows, freeze=True, denoiser_id=DENOISER, sigma=sigma)
+        assert process(resources, rows, freeze=True, denoiser_id=DENOISER, sigma=sigma) is proc
+        reference = denoised_classifier(rows.load(CLASSIFIER), rows.load(DENOISER), sigma)
+        assert remote_votes(proc) == local_votes(prepare_model(reference, freeze=True))
+    assert len(resources.processes) == 2
+
+
+def test_a_dead_model_process_is_replaced_and_the_oldest_is_stopped_beyond_the_cache(rows):
+    resources = Resources(Settings(DEVICE="cpu", SANDBOX_CACHE_SIZE=1, SANDBOX_THREADS=1))
+    try:
+        first = process(resources, rows)
+        os.killpg(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+        second = process(resources, rows)
+        assert second is not first and second.alive
+        other = process(resources, rows, freeze=True)  # one slot: the eager process is stopped
+        assert other.alive and not second.alive and list(resources.processes) == [Resources.process_key(
+            Job(id=1, owner_id=1, model_id=CLASSIFIER, dataset="d", split="test", subset={}, config={}, total=1),
+            JobConfig(freeze=True))]
+    finally:
+        resources.close()

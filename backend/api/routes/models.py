@@ -12,7 +12,7 @@ from sqlmodel import col, select
 from backend import storage
 from backend.api.deps import CurrentOwner, SessionDep, SettingsDep, owned_or_404
 from backend.crud import create_model_row
-from backend.modelfiles import ModelRejected, store_checked
+from backend.modelfiles import ModelRejected, SandboxUnavailable, store_checked
 from backend.models import Job, Message, Model, ModelCreate, ModelPublic, ModelsPublic
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -26,13 +26,15 @@ def parse_metadata(metadata: str) -> ModelCreate:
 
 
 @router.post("", response_model=ModelPublic, status_code=status.HTTP_201_CREATED,
-             responses={413: {"model": Message}, 422: {"description": "the file does not load or run as declared"}})
+             responses={413: {"model": Message}, 422: {"description": "the file does not load or run as declared"},
+                        503: {"model": Message, "description": "this server cannot sandbox model files"}})
 async def create_model(
     session: SessionDep, owner: CurrentOwner, settings: SettingsDep,
     file: Annotated[UploadFile, File(description="TorchScript, .pt2, safetensors or weights-only state dict")],
     metadata: Annotated[str, Form(description="the model's ModelCreate fields as JSON")],
 ) -> Model:
-    """Register a model: the file is loaded and run once on a zero input of the declared shape."""
+    """Register a model: the file is loaded and run once on a zero input of the declared shape, in a
+    confined model process with memory, CPU-time and wall-clock limits."""
     meta = parse_metadata(metadata)
     try:
         suffix = storage.safe_suffix(file.filename or "model")
@@ -41,11 +43,13 @@ async def create_model(
     path = storage.new_path(settings.STORAGE_DIR, "models", owner.id, suffix)
     try:
         size, fmt = await run_in_threadpool(store_checked, file.file, path, meta, settings.MAX_UPLOAD_BYTES,
-                                            file.filename)
+                                            file.filename, settings)
     except storage.TooLarge as error:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error)) from None
     except ModelRejected as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    except SandboxUnavailable as error:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
     return create_model_row(session=session, owner=owner, meta=meta, path=path, size=size, fmt=fmt)
 
 
