@@ -104,11 +104,12 @@ def _image_header(archive: zipfile.ZipFile, member: zipfile.ZipInfo, max_pixels:
         with archive.open(member) as stream, Image.open(stream, formats=IMAGE_FORMATS) as image:
             width, height = image.size
             mode = image.mode
-    except Image.DecompressionBombError as error:  # PIL's own ceiling, far above ours: report ours
+    except Image.DecompressionBombError as error:  # PIL's own ceiling (2 x Image.MAX_IMAGE_PIXELS)
         found = re.search(r"\((\d+) pixels\)", str(error))
-        declared = f"{int(found.group(1)):,}" if found else "too many"
-        raise LimitExceeded(f"{member.filename} declares {declared} pixels; the limit is {max_pixels.name} = "
-                            f"{max_pixels.value:,}") from None
+        if found is None or int(found.group(1)) <= max_pixels.value:  # only if MAX_IMAGE_PIXELS is set above it
+            raise LimitExceeded(f"{member.filename}: {error}") from None
+        raise LimitExceeded(f"{member.filename} declares {int(found.group(1)):,} pixels; the limit is "
+                            f"{max_pixels.name} = {max_pixels.value:,}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, zlib.error) as error:
         raise ValueError(f"{member.filename} is not a readable image ({error})") from None
     max_pixels.check(f"{member.filename} ({width:,} x {height:,})", width * height, "pixels")

@@ -298,3 +298,58 @@ def test_float_uploads_are_quantised_only_when_exact(service):
                 assert stored["x"].dtype == dtype
                 assert np.array_equal(stored["x"].astype(np.float32) / np.float32(255) if dtype == np.uint8
                                       else stored["x"], x.astype(np.float32))
+
+
+def small_settings(**limits):
+    from backend.core.config import Settings
+
+    return Settings(**{"MAX_DATASET_IMAGES": 1000, "MAX_DATASET_ELEMENTS": 10**6, "MAX_IMAGE_PIXELS": 4096,
+                       "MAX_INPUT_ELEMENTS": 3 * 64 * 64, **limits})
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"MAX_DATASET_IMAGES": 3}, "the zip holds 4 images; the limit is MAX_DATASET_IMAGES = 3"),
+    ({"MAX_DATASET_IMAGES": 1}, "the archive holds 5 entries (declared); the limit is 2 x MAX_DATASET_IMAGES"),
+    ({"MAX_DATASET_ELEMENTS": 200}, ("the zip's 4 images of shape [1, 8, 8] holds 256 values; "
+                                     "the limit is MAX_DATASET_ELEMENTS = 200")),
+    ({"MAX_INPUT_ELEMENTS": 63}, "one image of shape [1, 8, 8] holds 64 values; the limit is MAX_INPUT_ELEMENTS = 63"),
+    ({"MAX_IMAGE_PIXELS": 63}, "a/0.png (8 x 8) holds 64 pixels; the limit is MAX_IMAGE_PIXELS = 63"),
+])
+def test_zip_limits_are_checked_from_headers(tmp_path, limits, message):
+    from backend.datasets import images_from_zip
+
+    image = real_png(np.zeros((8, 8), np.uint8))
+    path = tmp_path / "set.zip"
+    path.write_bytes(zip_of({"a/0.png": image, "a/1.png": image, "b/0.png": image, "b/1.png": image,
+                             "b/notes.txt": b"ignored"}))
+    with pytest.raises(ValueError) as refused:
+        images_from_zip(path, 10**6, small_settings(**limits))
+    assert message in str(refused.value)
+    assert images_from_zip(path, 10**6, small_settings())[0].shape == (4, 1, 8, 8)
+    with pytest.raises(ValueError, match="declare [0-9,]+ bytes uncompressed; the limit is 4 x MAX_UPLOAD_BYTES = 100"):
+        images_from_zip(path, 100, small_settings())
+
+
+def test_zip_members_that_could_expand_without_bound_or_are_not_images_are_refused(tmp_path):
+    from backend.datasets import images_from_zip
+
+    image = real_png(np.zeros((8, 8), np.uint8))
+    blank = io.BytesIO()
+    from PIL import Image
+
+    Image.new("L", (2048, 2048)).save(blank, format="BMP")  # 4 MiB of zeros: deflates past 1000:1
+    cases = {
+        "bz2.zip": (zip_of({"a/0.png": image, "b/0.png": image}, zipfile.ZIP_BZIP2), "compression method 12"),
+        "ratio.zip": (zip_of({"a/0.bmp": blank.getvalue(), "b/0.bmp": blank.getvalue()}), None),
+        "eps.zip": (zip_of({"a/0.png": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "b/0.png": image}),
+                    "a/0.png is not a readable image"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        if message is None:  # deflate stays under the ratio limit: the pixel limit refuses it instead
+            with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS = 4,096"):
+                images_from_zip(path, 10**8, small_settings())
+            continue
+        with pytest.raises(ValueError, match=message):
+            images_from_zip(path, 10**8, small_settings())
