@@ -8,9 +8,11 @@ import numpy as np
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from backend.core.config import Settings
 from backend.crud import get_owned
 from backend.datasets import find_dataset, load_for_job
 from backend.models import (
+    SEED_LIMIT,
     CurvePoint,
     Job,
     JobConfig,
@@ -47,7 +49,34 @@ class Invalid(ValueError):
     """The request is well-formed but does not fit the model or the dataset (a 422)."""
 
 
-def resolve_indices(subset: Subset, size: int) -> list[int]:
+class OverQuota(ValueError):
+    """The owner's active jobs already use what the service allows one owner (a 429)."""
+
+
+ACTIVE = (JobState.queued, JobState.running)
+
+
+def check_quota(*, session: Session, owner: Owner, inputs: int, config: JobConfig, settings: Settings) -> None:
+    """MAX_ACTIVE_JOBS_PER_OWNER and MAX_SAMPLES_IN_FLIGHT_PER_OWNER (the samples the owner's unfinished
+    inputs may still draw, n0 + n each), with this job counted in."""
+    active = session.exec(select(Job).where(Job.owner_id == owner.id, col(Job.state).in_(ACTIVE))).all()
+    if len(active) >= settings.MAX_ACTIVE_JOBS_PER_OWNER:
+        raise OverQuota(f"{len(active)} of your jobs are queued or running; MAX_ACTIVE_JOBS_PER_OWNER = "
+                        f"{settings.MAX_ACTIVE_JOBS_PER_OWNER}: wait for one to finish or cancel one")
+    wanted = inputs * (config.n0 + config.n)
+    if wanted > settings.MAX_SAMPLES_IN_FLIGHT_PER_OWNER:
+        raise Invalid(f"the job would draw up to {wanted:,} samples ({inputs:,} inputs x (n0 + n)); "
+                      f"MAX_SAMPLES_IN_FLIGHT_PER_OWNER = {settings.MAX_SAMPLES_IN_FLIGHT_PER_OWNER:,}")
+    done = dict(session.exec(select(ResultRow.job_id, func.count(col(ResultRow.id)))
+                             .where(col(ResultRow.job_id).in_([job.id for job in active]))
+                             .group_by(ResultRow.job_id)).all()) if active else {}
+    flying = sum((job.total - done.get(job.id, 0)) * (job.config["n0"] + job.config["n"]) for job in active)
+    if flying + wanted > settings.MAX_SAMPLES_IN_FLIGHT_PER_OWNER:
+        raise OverQuota(f"your queued and running jobs may still draw {flying:,} samples and this one {wanted:,}; "
+                        f"MAX_SAMPLES_IN_FLIGHT_PER_OWNER = {settings.MAX_SAMPLES_IN_FLIGHT_PER_OWNER:,}")
+
+
+def resolve_indices(subset: Subset, size: int, max_inputs: int) -> list[int]:
     if subset.indices is not None:
         picks = list(subset.indices)
         bad = [i for i in picks if not 0 <= i < size]
@@ -60,6 +89,8 @@ def resolve_indices(subset: Subset, size: int) -> list[int]:
     picks = picks if subset.count is None else picks[:subset.count]
     if not picks:
         raise Invalid("the subset selects no inputs")
+    if len(picks) > max_inputs:
+        raise Invalid(f"the subset selects {len(picks):,} inputs; MAX_JOB_INPUTS = {max_inputs:,} (give a count)")
     return picks
 
 
@@ -84,7 +115,7 @@ def _format_outside(rows: list[Model], formats: tuple[str, ...]) -> Model | None
     return next((row for row in rows if row.format is not None and row.format.value not in formats), None)
 
 
-def create_job(*, session: Session, owner: Owner, job_in: JobCreate, shard_size: int) -> tuple[Job, list[Shard]]:
+def create_job(*, session: Session, owner: Owner, job_in: JobCreate, settings: Settings) -> tuple[Job, list[Shard]]:
     model = get_owned(session=session, table=Model, id=job_in.model_id, owner=owner)
     if model is None:
         raise NotFound(f"model {job_in.model_id} not found")
@@ -114,8 +145,12 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, shard_size:
         data = load_for_job(found, job_in.split)
     except (ValueError, FileNotFoundError) as error:
         raise Invalid(str(error)) from None
-    indices = resolve_indices(job_in.subset, len(data.x))
+    indices = resolve_indices(job_in.subset, len(data.x), settings.MAX_JOB_INPUTS)
     check_fit(model, list(data.x.shape[1:]), data.y[indices].numpy(), job_in.config)
+    if job_in.config.seed is not None and job_in.config.seed + max(indices) >= SEED_LIMIT:
+        raise Invalid(f"seed + input index must stay below 2^64: seed {job_in.config.seed} + index {max(indices)}")
+    check_quota(session=session, owner=owner, inputs=len(indices), config=job_in.config, settings=settings)
+    shard_size = settings.SHARD_SIZE
     job = Job(owner_id=owner.id, model_id=model.id, dataset=job_in.dataset, split=job_in.split,
               subset=job_in.subset.model_dump(), config=job_in.config.model_dump(mode="json"), total=len(indices))
     session.add(job)

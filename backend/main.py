@@ -9,10 +9,12 @@ from pathlib import Path
 import structlog
 from fastapi import FastAPI, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from backend.api.errors import validation_error
 from backend.api.main import api_router
 from backend.api.routes import health
 from backend.core.config import DATA_DIR, Settings, get_settings
@@ -128,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error", path=request.url.path)
         return JSONResponse({"detail": "internal server error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(api_router, prefix=settings.API_V1_STR)
     app.include_router(health.router)
     app.add_middleware(UploadLimit, limit=settings.MAX_UPLOAD_BYTES, json_limit=settings.MAX_JSON_BYTES)

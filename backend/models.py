@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import model_validator
+from pydantic import Field as PydanticField
+from pydantic import FiniteFloat, model_validator
 from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from backend.core.config import get_settings
 from engine.options import COMPILE_CONFLICT, Method, NoiseKind
+
+# request bounds (configurable settings, read once at start): every number a user sends has a ceiling
+LIMITS = get_settings()
+SEED_LIMIT = 1 << 64  # torch's generators take seeds below 2^64
+OpenUnit = Annotated[FiniteFloat, PydanticField(gt=0, lt=1)]
+ID_MAX = (1 << 31) - 1  # ids, indices and offsets fit the databases' 32-bit integer columns
+NAME_CHARS = 255
 
 
 def utcnow() -> datetime:
@@ -76,12 +86,17 @@ class ModelBase(SQLModel):
     format: ModelFormat | None = Field(default=None, description="detected from the file when omitted")
     arch: str | None = Field(default=None, max_length=255,
                              description="registered architecture, for state_dict and safetensors weights")
-    input_shape: list[int] = Field(sa_type=JSON, description="one input, (C, H, W)")
-    num_classes: int | None = Field(default=None, ge=2, description="required for classifiers; none for denoisers")
-    class_names: list[str] | None = Field(default=None, sa_type=JSON)
-    input_max: float = Field(default=1.0, gt=0, description="the model reads pixels in [0, input_max]")
-    mean: list[float] | None = Field(default=None, sa_type=JSON, description="per-channel normalisation")
-    std: list[float] | None = Field(default=None, sa_type=JSON)
+    input_shape: list[int] = Field(sa_type=JSON, min_length=3, max_length=3,
+                                   description=f"one input, (C, H, W); C x H x W at most {LIMITS.MAX_INPUT_ELEMENTS:,} "
+                                               "(MAX_INPUT_ELEMENTS)")
+    num_classes: int | None = Field(default=None, ge=2, le=LIMITS.MAX_CLASSES,
+                                    description="required for classifiers; none for denoisers")
+    class_names: list[str] | None = Field(default=None, sa_type=JSON, max_length=LIMITS.MAX_CLASSES)
+    input_max: FiniteFloat = Field(default=1.0, gt=0, le=1e6,
+                             description="the model reads pixels in [0, input_max]")
+    mean: list[FiniteFloat] | None = Field(default=None, sa_type=JSON, max_length=3 * 512,
+                                     description="per-channel normalisation")
+    std: list[FiniteFloat] | None = Field(default=None, sa_type=JSON, max_length=3 * 512)
 
 
 class ModelCreate(ModelBase):
@@ -89,6 +104,13 @@ class ModelCreate(ModelBase):
     def _consistent(self) -> ModelCreate:
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
+        elements = math.prod(self.input_shape)
+        if elements > LIMITS.MAX_INPUT_ELEMENTS:
+            raise ValueError(f"input_shape {self.input_shape} has {elements:,} values per input; the limit is "
+                             f"MAX_INPUT_ELEMENTS = {LIMITS.MAX_INPUT_ELEMENTS:,}")
+        if self.class_names is not None and any(len(name) > NAME_CHARS for name in self.class_names):
+            raise ValueError(f"class names are at most {NAME_CHARS} characters")
+
         if self.kind is ModelKind.classifier and self.num_classes is None:
             raise ValueError("num_classes is required for a classifier")
         if self.kind is ModelKind.denoiser and (self.num_classes is not None or self.class_names is not None):
@@ -164,24 +186,27 @@ class JobConfig(SQLModel):
 
     method: Method = Method.np
     noise: NoiseKind = NoiseKind.gaussian
-    k: int = Field(default=0, ge=0, description="generalized Gaussian exponent")
-    sigma: float = Field(default=0.25, gt=0)
-    alpha: float = Field(default=0.001, gt=0, lt=1)
-    n0: int = Field(default=100, ge=1)
-    n: int = Field(default=100_000, ge=1,
-                   description="estimation samples (DSRS: over P and Q; ISS and sequential: maximum)")
-    batch_size: int = Field(default=1000, ge=1)
-    pack: int = Field(default=1, ge=1, le=1024,
+    k: int = Field(default=0, ge=0, le=LIMITS.MAX_INPUT_ELEMENTS // 2, description="generalized Gaussian exponent")
+    sigma: FiniteFloat = Field(default=0.25, gt=0, le=100,
+                         description="noise level on the [0, 1] pixel scale")
+    alpha: FiniteFloat = Field(default=0.001, gt=0, lt=1)
+    n0: int = Field(default=100, ge=1, le=LIMITS.MAX_N0, description="selection samples (MAX_N0)")
+    n: int = Field(default=100_000, ge=1, le=LIMITS.MAX_N,
+                   description="estimation samples (DSRS: over P and Q; ISS and sequential: maximum); at most MAX_N")
+    batch_size: int = Field(default=1000, ge=1, le=LIMITS.MAX_BATCH_SIZE)
+    pack: int = Field(default=1, ge=1, le=LIMITS.MAX_PACK,
                       description="certify this many inputs together, their noisy copies sharing batches; "
                                   "NP with fixed n or ISS only")
-    iss_delta: float | None = Field(default=None, gt=0, description="ISS budget; None keeps n fixed")
+    iss_delta: FiniteFloat | None = Field(default=None, gt=0, le=1e6,
+                                    description="ISS budget; None keeps n fixed")
     iss_mode: Literal["absolute", "relative"] = "absolute"
-    sequential_delta: float | None = Field(
-        default=None, gt=0, description="anytime-valid sequential sampling (method np): draw n in growing looks and "
+    sequential_delta: FiniteFloat | None = Field(
+        default=None, gt=0, le=1e6, description="anytime-valid sequential sampling (method np): draw n in growing looks and "
                                         "stop once more samples cannot add more than this to the radius; None keeps n fixed")
-    q_sigma: float | None = Field(default=None, gt=0, description="DSRS: Q is the same noise at this sigma")
-    q_threshold: float | Literal["auto"] | None = Field(default=None, description="DSRS: truncated P as Q")
-    denoiser_id: int | None = None
+    q_sigma: FiniteFloat | None = Field(default=None, gt=0, le=100,
+                                  description="DSRS: Q is the same noise at this sigma")
+    q_threshold: OpenUnit | Literal["auto"] | None = Field(default=None, description="DSRS: truncated P as Q")
+    denoiser_id: int | None = Field(default=None, ge=1, le=ID_MAX)
     bf16: bool = Field(default=False, description="run the model (and denoiser) in bfloat16: faster on GPUs and "
                                                   "AVX512-BF16 CPUs; the certificate is for the bf16 model")
     compile: bool = Field(default=False, description="run the model (with its denoiser) through torch.compile: pays on "
@@ -196,8 +221,9 @@ class JobConfig(SQLModel):
                                                     "ready at once. The certificates are those of the same function, "
                                                     "up to floating-point rounding. State dict, safetensors and "
                                                     "TorchScript files; not with compile")
-    seed: int | None = Field(default=None, description="input i uses seed + i; with pack > 1, each group of "
-                                                       "inputs uses seed + the group's first index")
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT,
+                             description="input i uses seed + i (below 2^64); with pack > 1, each group of inputs "
+                                         "uses seed + the group's first index")
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:
@@ -224,16 +250,17 @@ class JobConfig(SQLModel):
 class Subset(SQLModel):
     """Which inputs to certify: explicit indices, or start/stride/count."""
 
-    indices: list[int] | None = None
-    start: int = Field(default=0, ge=0)
-    stride: int = Field(default=1, ge=1)
-    count: int | None = Field(default=None, ge=1)
+    indices: list[Annotated[int, Field(ge=0, le=ID_MAX)]] | None = Field(default=None, max_length=LIMITS.MAX_JOB_INPUTS)
+    start: int = Field(default=0, ge=0, le=ID_MAX)
+    stride: int = Field(default=1, ge=1, le=ID_MAX)
+    count: int | None = Field(default=None, ge=1, le=LIMITS.MAX_JOB_INPUTS,
+                              description="at most MAX_JOB_INPUTS inputs per job")
 
 
 class JobCreate(SQLModel):
-    model_id: int
-    dataset: str = Field(description="a dataset id from GET /datasets")
-    split: str = "test"
+    model_id: int = Field(ge=1, le=ID_MAX)
+    dataset: str = Field(min_length=1, max_length=NAME_CHARS, description="a dataset id from GET /datasets")
+    split: str = Field(default="test", min_length=1, max_length=32)
     subset: Subset = Field(default_factory=Subset)
     config: JobConfig = Field(default_factory=JobConfig)
 

@@ -138,7 +138,7 @@ class SmoothedClassifier:
     def model(self) -> Classifier:
         """The base classifier as it is run (converted, frozen or compiled); a Voter has none here."""
         if not isinstance(self.voter, ModelVoter):
-            raise AttributeError("this smoothed classifier's model runs behind a Voter")
+            raise AttributeError("this smoothed classifier's model runs behind a Voter")  # noqa: TRY004  (a property: hasattr must say False)
         return self.voter.model
 
     def _generator(self, generator: Any, seed: int | None) -> Any:

@@ -6,14 +6,14 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from arq.connections import ArqRedis
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from backend.core.config import Settings, get_settings
 from backend.crud import get_owned, token_refusal, token_row
 from backend.db import get_engine
-from backend.models import Owner
+from backend.models import ID_MAX, LIMITS, Owner
 
 
 def get_db() -> Iterator[Session]:
@@ -53,3 +53,10 @@ def owned_or_404(session: Session, owner: Owner, table: type, id: int, what: str
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {id} not found")
     return row
+
+
+# every number in a path or query has a ceiling: ids and offsets fit the databases' integer columns
+ResourceId = Annotated[int, Path(ge=1, le=ID_MAX)]
+InputIndex = Annotated[int, Path(ge=0, le=ID_MAX, description="position in the dataset split")]
+Offset = Annotated[int, Query(ge=0, le=ID_MAX)]
+PageSize = Annotated[int, Query(ge=1, le=LIMITS.MAX_PAGE_SIZE, description="at most MAX_PAGE_SIZE")]

@@ -94,8 +94,12 @@ def make_token(env: dict[str, str], owner: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def start_service(root: Path) -> tuple[Service, EmbeddedRedis | None]:
-    """API, one worker, Redis and a migrated database with owners alice and bob; the caller stops them."""
+def start_service(root: Path, overrides: dict[str, str] | None = None,
+                  workers: int = 1) -> tuple[Service, EmbeddedRedis | None]:
+    """API, ``workers`` workers, Redis and a migrated database with owners alice and bob; the caller stops them.
+
+    ``overrides`` sets more settings (environment variables) for every process of this service.
+    """
     database_url = os.environ.get("KAVACH_TEST_DATABASE_URL") or f"sqlite:///{root / 'kavach.db'}"
     if database_url.startswith("postgresql"):
         reset_postgres(database_url)
@@ -113,14 +117,15 @@ def start_service(root: Path) -> tuple[Service, EmbeddedRedis | None]:
            "SHARD_SIZE": str(SHARD_SIZE), "SHARD_LEASE_SECONDS": "2", "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
            "WORKER_POLL_SECONDS": "0.05", "PROGRESS_INTERVAL_SECONDS": "0.2", "PYTHONPATH": str(REPO),
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "METRICS_TOKEN": "test-metrics-token",
-           "SANDBOX_CHECK_SECONDS": str(SANDBOX_CHECK_SECONDS), "SANDBOX_THREADS": "1"}
+           "SANDBOX_CHECK_SECONDS": str(SANDBOX_CHECK_SECONDS), "SANDBOX_THREADS": "1", **(overrides or {})}
     (root / "logs").mkdir()
     svc = Service(url=f"http://127.0.0.1:{port}", env=env, logs=root / "logs", database_url=database_url)
     try:
         svc.tokens = {owner: make_token(env, owner) for owner in ("alice", "bob")}
         svc.spawn(["-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port),
                    "--log-level", "warning"], "api")
-        svc.start_worker()
+        for _ in range(workers):
+            svc.start_worker()
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -149,3 +154,24 @@ def service(tmp_path_factory) -> Iterator[Service]:
         svc.stop()
         if embedded is not None:
             embedded.stop()
+
+
+@pytest.fixture(scope="module")
+def scripted_model(tmp_path_factory) -> Path:
+    """A small digits CNN, trained for a second and saved as a TorchScript archive."""
+    import torch
+
+    from tests.backend.test_service import tiny_digits_cnn
+
+    path = tmp_path_factory.mktemp("models") / "digits_cnn.pt"
+    torch.jit.save(torch.jit.script(tiny_digits_cnn()), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_id(service, scripted_model) -> int:
+    """``scripted_model`` registered for alice on the session's service."""
+    from tests.backend.test_service import DIGITS_META, upload_model
+
+    with service.client() as client:
+        return upload_model(client, scripted_model, DIGITS_META).json()["id"]

@@ -49,19 +49,6 @@ def tiny_digits_cnn() -> torch.nn.Module:
     return fit_on_noisy_digits(net, classification_loss)
 
 
-@pytest.fixture(scope="module")
-def scripted_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "digits_cnn.pt"
-    torch.jit.save(torch.jit.script(tiny_digits_cnn()), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_id(service, scripted_model) -> int:
-    with service.client() as client:
-        return upload_model(client, scripted_model, DIGITS_META).json()["id"]
-
-
 def upload_model(client, path: Path, meta: dict):
     return client.post("/api/v1/models", files={"file": (path.name, path.read_bytes())},
                        data={"metadata": json.dumps(meta)})

@@ -3,12 +3,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlmodel import col, select
 
 from backend import storage
-from backend.api.deps import CurrentOwner, SessionDep, SettingsDep, owned_or_404
+from backend.api.deps import CurrentOwner, InputIndex, ResourceId, SessionDep, SettingsDep, owned_or_404
 from backend.datasets import builtin_datasets, builtin_names, dataset_public, ingest_upload
 from backend.images import image_png, load_cached
 from backend.models import Dataset, DatasetPublic, DatasetsPublic, Job, Message
@@ -60,17 +61,17 @@ async def create_dataset(
     return dataset_public(row)
 
 
-def owned_dataset(session: SessionDep, owner: CurrentOwner, id: int) -> Dataset:
+def owned_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Dataset:
     return owned_or_404(session, owner, Dataset, id, "dataset")
 
 
 @router.get("/{id}", response_model=DatasetPublic)
-def read_dataset(session: SessionDep, owner: CurrentOwner, id: int) -> DatasetPublic:
+def read_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> DatasetPublic:
     return dataset_public(owned_dataset(session, owner, id))
 
 
 @router.delete("/{id}", response_model=Message, responses={409: {"model": Message}})
-def delete_dataset(session: SessionDep, owner: CurrentOwner, id: int) -> Message:
+def delete_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Message:
     row = owned_dataset(session, owner, id)
     if session.exec(select(Job.id).where(Job.dataset == str(id), Job.owner_id == owner.id)).first() is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {id} has certification jobs; it is kept for them")
@@ -94,7 +95,8 @@ def png_response(found: Dataset | str, split: str, index: int) -> Response:
 
 
 @router.get("/{id}/images/{index}", response_model=None, response_class=Response, responses=PNG_RESPONSES)
-def read_dataset_image(session: SessionDep, owner: CurrentOwner, id: str, index: int,
+def read_dataset_image(session: SessionDep, owner: CurrentOwner, id: Annotated[str, PathParam(max_length=255)],
+                       index: InputIndex,
                        split: str = Query("test", description="built-ins only; an upload has one split")
                        ) -> Response:
     """Input ``index`` of a dataset (a built-in's name or an upload's id) as a PNG thumbnail."""

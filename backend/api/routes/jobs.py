@@ -10,7 +10,17 @@ from sqlmodel import Session
 from sse_starlette import EventSourceResponse
 
 from backend import jobs
-from backend.api.deps import CurrentOwner, QueueDep, SessionDep, SettingsDep, owned_or_404
+from backend.api.deps import (
+    CurrentOwner,
+    InputIndex,
+    Offset,
+    PageSize,
+    QueueDep,
+    ResourceId,
+    SessionDep,
+    SettingsDep,
+    owned_or_404,
+)
 from backend.api.routes.datasets import PNG_RESPONSES, png_response
 from backend.datasets import find_dataset
 from backend.db import get_engine
@@ -25,7 +35,8 @@ def owned_job(session: Session, owner: Owner, id: int) -> Job:
 
 
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED,
-             responses={404: {"model": Message}, 422: {"description": "subset, shapes or labels do not fit, or bf16, "
+             responses={404: {"model": Message}, 429: {"model": Message, "description": "over the owner's quota"},
+                        422: {"description": "subset, shapes or labels do not fit, or bf16, "
                                                                  "compile or freeze asked of a model format that "
                                                                  "cannot take it"}})
 async def create_job(session: SessionDep, owner: CurrentOwner, settings: SettingsDep, queue: QueueDep,
@@ -33,9 +44,11 @@ async def create_job(session: SessionDep, owner: CurrentOwner, settings: Setting
     """Store the job, split it into shards of SHARD_SIZE inputs and enqueue one task per shard."""
     try:
         job, shards = await run_in_threadpool(jobs.create_job, session=session, owner=owner, job_in=job_in,
-                                              shard_size=settings.SHARD_SIZE)
+                                              settings=settings)
     except jobs.NotFound as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except jobs.OverQuota as error:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(error)) from None
     except jobs.Invalid as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
     await enqueue_shards(queue, [ShardTask(job_id=job.id, shard_id=shard.id) for shard in shards])
@@ -43,18 +56,18 @@ async def create_job(session: SessionDep, owner: CurrentOwner, settings: Setting
 
 
 @router.get("", response_model=JobsPublic)
-def read_jobs(session: SessionDep, owner: CurrentOwner, offset: int = 0, limit: int = 100) -> JobsPublic:
+def read_jobs(session: SessionDep, owner: CurrentOwner, offset: Offset = 0, limit: PageSize = 100) -> JobsPublic:
     rows, count = jobs.list_jobs(session=session, owner=owner, offset=offset, limit=limit)
     return JobsPublic(data=[jobs.job_public(session=session, job=job) for job in rows], count=count)
 
 
 @router.get("/{id}", response_model=JobPublic, responses={404: {"model": Message}})
-def read_job(session: SessionDep, owner: CurrentOwner, id: int) -> JobPublic:
+def read_job(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> JobPublic:
     return jobs.job_public(session=session, job=owned_job(session, owner, id))
 
 
 @router.post("/{id}/cancel", response_model=JobPublic, responses={404: {"model": Message}})
-def cancel_job(session: SessionDep, owner: CurrentOwner, id: int) -> JobPublic:
+def cancel_job(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> JobPublic:
     """Stop the job: queued shards are skipped, running ones stop after the input in flight."""
     job = jobs.cancel_job(session=session, job=owned_job(session, owner, id))
     return jobs.job_public(session=session, job=job)
@@ -63,7 +76,7 @@ def cancel_job(session: SessionDep, owner: CurrentOwner, id: int) -> JobPublic:
 @router.get("/{id}/events", responses={200: {"content": {"text/event-stream": {}},
                                              "description": "`progress` events carrying JobPublic"}})
 async def job_events(request: Request, session: SessionDep, owner: CurrentOwner, settings: SettingsDep,
-                     id: int) -> EventSourceResponse:
+                     id: ResourceId) -> EventSourceResponse:
     """Server-sent events: the job (with its progress) every PROGRESS_INTERVAL_SECONDS until it finishes."""
     owned_job(session, owner, id)
 
@@ -83,7 +96,7 @@ async def job_events(request: Request, session: SessionDep, owner: CurrentOwner,
 
 
 @router.get("/{id}/images/{index}", response_model=None, response_class=Response, responses=PNG_RESPONSES)
-def read_job_image(session: SessionDep, owner: CurrentOwner, id: int, index: int) -> Response:
+def read_job_image(session: SessionDep, owner: CurrentOwner, id: ResourceId, index: InputIndex) -> Response:
     """Input ``index`` of the job's dataset split (a results row's ``index``) as a PNG thumbnail."""
     job = owned_job(session, owner, id)
     found = find_dataset(session=session, ref=job.dataset, owner=owner)

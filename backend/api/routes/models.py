@@ -10,7 +10,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from backend import storage
-from backend.api.deps import CurrentOwner, SessionDep, SettingsDep, owned_or_404
+from backend.api.deps import CurrentOwner, Offset, PageSize, ResourceId, SessionDep, SettingsDep, owned_or_404
 from backend.crud import create_model_row
 from backend.modelfiles import ModelRejected, SandboxUnavailable, store_checked
 from backend.models import Job, Message, Model, ModelCreate, ModelPublic, ModelsPublic
@@ -54,24 +54,24 @@ async def create_model(
 
 
 @router.get("", response_model=ModelsPublic)
-def read_models(session: SessionDep, owner: CurrentOwner, offset: int = 0, limit: int = 100) -> ModelsPublic:
+def read_models(session: SessionDep, owner: CurrentOwner, offset: Offset = 0, limit: PageSize = 100) -> ModelsPublic:
     where = Model.owner_id == owner.id
     count = session.exec(select(func.count(col(Model.id))).where(where)).one()
     models = session.exec(select(Model).where(where).order_by(col(Model.id)).offset(offset).limit(limit)).all()
     return ModelsPublic(data=[ModelPublic.model_validate(m) for m in models], count=count)
 
 
-def owned_model(session: SessionDep, owner: CurrentOwner, id: int) -> Model:
+def owned_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Model:
     return owned_or_404(session, owner, Model, id, "model")
 
 
 @router.get("/{id}", response_model=ModelPublic)
-def read_model(session: SessionDep, owner: CurrentOwner, id: int) -> Model:
+def read_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Model:
     return owned_model(session, owner, id)
 
 
 @router.delete("/{id}", response_model=Message, responses={409: {"model": Message}})
-def delete_model(session: SessionDep, owner: CurrentOwner, id: int) -> Message:
+def delete_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Message:
     model = owned_model(session, owner, id)
     if session.exec(select(Job.id).where(Job.model_id == id)).first() is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"model {id} has certification jobs; it is kept for them")
