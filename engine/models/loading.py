@@ -240,7 +240,7 @@ class OnnxModel(nn.Module):
             raise ModelFileError(f"{path}: an ONNX classifier must take one input, this one takes {len(inputs)}")
         batch = inputs[0].shape[0] if inputs[0].shape else None
         if isinstance(batch, int):
-            raise ModelFileError(f"{path}: the ONNX input's batch dimension is fixed at {batch}; export it as dynamic "  # noqa: TRY004
+            raise ModelFileError(f"{path}: the ONNX input's batch dimension is fixed at {batch}; export it as dynamic "
                              "(dynamic_axes={'input': {0: 'batch'}}) so noisy copies can be batched")
         self.input_name = inputs[0].name
 
