@@ -8,6 +8,7 @@ import numpy as np
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from backend import leases
 from backend.core.config import Settings
 from backend.crud import get_owned
 from backend.datasets import find_dataset, load_for_job
@@ -27,7 +28,6 @@ from backend.models import (
     ResultRow,
     ResultRowPublic,
     Shard,
-    ShardState,
     Subset,
     utcnow,
 )
@@ -155,7 +155,7 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, settings: S
               subset=job_in.subset.model_dump(), config=job_in.config.model_dump(mode="json"), total=len(indices))
     session.add(job)
     session.flush()
-    shards = [Shard(job_id=job.id, number=n, indices=indices[start:start + shard_size])
+    shards = [Shard(job_id=job.id, number=n, indices=indices[start:start + shard_size], dispatched_at=job.created_at)
               for n, start in enumerate(range(0, len(indices), shard_size))]
     session.add_all(shards)
     session.commit()
@@ -198,16 +198,8 @@ def list_jobs(*, session: Session, owner: Owner, offset: int, limit: int) -> tup
 
 
 def cancel_job(*, session: Session, job: Job) -> Job:
-    if not job.state.finished:
-        job.state = JobState.cancelled
-        job.finished_at = utcnow()
-        for shard in session.exec(select(Shard).where(Shard.job_id == job.id,
-                                                      col(Shard.state).in_([ShardState.queued, ShardState.running]))):
-            shard.state = ShardState.cancelled
-            session.add(shard)
-        session.add(job)
-        session.commit()
-        session.refresh(job)
+    leases.cancel_job(session, job.id)
+    session.refresh(job)
     return job
 
 

@@ -19,6 +19,7 @@ from backend.api.main import api_router
 from backend.api.routes import health
 from backend.core.config import DATA_DIR, Settings, get_settings
 from backend.migrate import upgrade_database
+from backend.models import Message
 from backend.queue import open_queue
 
 log = structlog.get_logger("kavach.api")
@@ -131,7 +132,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal server error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.include_router(api_router, prefix=settings.API_V1_STR)
+    # every /api/v1 route needs an owner's token: a missing, unknown, expired or revoked one is a 401
+    app.include_router(api_router, prefix=settings.API_V1_STR, responses={401: {
+        "model": Message, "description": "missing, unknown, expired or revoked API token"}})
     app.include_router(health.router)
     app.add_middleware(UploadLimit, limit=settings.MAX_UPLOAD_BYTES, json_limit=settings.MAX_JSON_BYTES)
     if DASHBOARD_DIR.is_dir():  # the SPA routes by URL hash, so index.html at / is its only entry point

@@ -314,8 +314,14 @@ class Shard(SQLModel, table=True):
     job_id: int = Field(foreign_key="job.id", index=True)
     number: int
     indices: list[int] = Field(sa_type=JSON)
-    state: ShardState = Field(default=ShardState.queued)
+    state: ShardState = Field(default=ShardState.queued, index=True)
     attempts: int = 0
+    # the attempt that owns the shard: each start takes token + 1, and rows are stored only under the
+    # current token, so an attempt that lost its lease (a slow worker, a retry beside it) can never write
+    token: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    heartbeat_at: datetime | None = None  # the owning attempt renews it; stale means its worker is gone
+    dispatches: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # arq tasks enqueued for it
+    dispatched_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     seconds: float | None = None

@@ -1,8 +1,12 @@
 """The arq worker: one task per shard, certifying input by input and storing each row as it is done.
 
 A shard resumes after its stored rows, so a retried shard (its worker was killed, its lease expired)
-loses at most the input that was in flight, and the (job_id, index) unique constraint keeps a row
-from ever being stored twice. Cancel is read from the job's state between inputs.
+loses at most the input that was in flight. Each attempt holds the shard under a fencing token
+(``backend.leases``): its rows are stored only while the token is still the shard's, and the
+(job_id, index) unique constraint keeps a row from ever being stored twice. The model runs in a
+sandboxed model process that stops between batches once the job is cancelled, the attempt loses its
+lease, or the shard runs past its deadline (SHARD_BASE_SECONDS + SHARD_SECONDS_PER_SAMPLE per sample).
+The reconciler (``backend.reconcile``) runs at start and every RECONCILE_SECONDS.
 
 With ``pack > 1`` the shard's pending inputs go in groups of ``pack`` through ``certify_many`` and each
 group's rows are stored in one transaction: groups are stored whole and in order, so a resumed shard's
@@ -17,33 +21,35 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from signal import Signals
+from typing import Any
 
 import structlog
 import torch
 from arq import Retry
 from arq.worker import Function, Worker, func
-from sqlalchemy.exc import IntegrityError
+from redis.exceptions import RedisError
 from sqlmodel import Session, col, select
 
+from backend import leases
 from backend.core.config import Settings, get_settings
 from backend.datasets import find_dataset, load_for_job
 from backend.db import get_engine
 from backend.keys import ARQ_IN_PROGRESS_PREFIX, QUEUE_NAME
+from backend.leases import Lease
 from backend.modelfiles import serve_registered
 from backend.models import (
     Job,
     JobConfig,
-    JobState,
     Model,
     ModelFormat,
     Owner,
     ResultRow,
     Shard,
     ShardState,
-    utcnow,
 )
 from backend.queue import SHARD_TASK, ShardTask, redis_settings
+from backend.reconcile import reconcile
 from backend.sandbox.process import (
     ModelFailed,
     ModelProcess,
@@ -59,6 +65,7 @@ from engine.smooth import CertifyResult, SmoothedClassifier
 
 log = structlog.get_logger("kavach.worker")
 MODEL_CACHE_SIZE = 4
+CLOSE_SECONDS = 10.0
 
 
 class ShardStopped(Exception):
@@ -67,12 +74,15 @@ class ShardStopped(Exception):
 
 @dataclass
 class ShardWork:
-    shard: Shard
+    lease: Lease
     config: JobConfig
     smoothed: SmoothedClassifier
     data: ImageDataset
     schedule: SampleSchedule | None
     todo: list[int]
+    deadline: float  # time.monotonic() past which the shard stops
+    budget: float  # the seconds that deadline allowed
+    lost: threading.Event  # set when the lease's heartbeat finds the shard is no longer this attempt's
 
 
 class Resources:
@@ -144,35 +154,35 @@ class Resources:
         return self._remember(self.datasets, (job.owner_id, job.dataset, job.split), load)
 
 
+def shard_deadline(settings: Settings, inputs: int, config: JobConfig) -> float:
+    """Seconds a shard may take: a base plus a per-sample allowance for every sample it may draw."""
+    return settings.SHARD_BASE_SECONDS + settings.SHARD_SECONDS_PER_SAMPLE * inputs * (config.n0 + config.n)
+
+
 def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
     with Session(get_engine()) as session:
-        job, shard = session.get(Job, task.job_id), session.get(Shard, task.shard_id)
-        if job is None or shard is None or job.state.finished or shard.state is not ShardState.queued \
-                and shard.state is not ShardState.running:
+        lease = leases.claim(session, task.shard_id)
+        if lease is None:  # cancelled, finished, or its job is over
             raise ShardStopped
+        shard, job = session.get(Shard, task.shard_id), session.get(Job, task.job_id)
         stored = set(session.exec(select(ResultRow.index).where(ResultRow.job_id == job.id,
                                                                 col(ResultRow.index).in_(shard.indices))).all())
         config = JobConfig(**job.config)
         process = resources.model_process(session, job, config)
         data = resources.dataset(session, job)
         classes = session.get(Model, job.model_id).num_classes
-        now = utcnow()
-        shard.state, shard.attempts = ShardState.running, shard.attempts + 1
-        shard.started_at = shard.started_at or now
-        if job.state is JobState.queued:
-            job.state = JobState.running
-        job.started_at = job.started_at or now
-        session.add_all([shard, job])
-        session.commit()
-        session.refresh(shard)
+        todo = [i for i in shard.indices if i not in stored]
     d = data.x[0].numel()
     noise = make_noise(config.noise.value, config.sigma, k=config.k, d=d if config.k else None)
+    budget = shard_deadline(resources.settings, len(todo), config)
+    deadline = time.monotonic() + budget
+    lost = threading.Event()
     # the certificate's arithmetic stays here; the model process only answers votes, and is told to stop
-    # between batches once the job is cancelled
-    voter = RemoteVoter(process, should_stop=lambda: job_finished(task.job_id))
+    # between batches once the job is cancelled, the lease is lost or the deadline passes
+    voter = RemoteVoter(process, should_stop=lambda: lost.is_set() or time.monotonic() > deadline
+                        or job_finished(task.job_id))
     smoothed = SmoothedClassifier(voter, classes, noise)
-    return ShardWork(shard, config, smoothed, data, sample_schedule(config),
-                     [i for i in shard.indices if i not in stored])
+    return ShardWork(lease, config, smoothed, data, sample_schedule(config), todo, deadline, budget, lost)
 
 
 def job_finished(job_id: int) -> bool:
@@ -187,92 +197,94 @@ def sample_schedule(c: JobConfig) -> SampleSchedule | None:
                          sequential_delta=c.sequential_delta)
 
 
-def stop_if_finished(work: ShardWork) -> None:
-    """Raise ShardStopped once the job was cancelled (or finished elsewhere)."""
-    if job_finished(work.shard.job_id):
+class ShardDeadline(Exception):
+    """The shard ran past its deadline."""
+
+
+def check_going(work: ShardWork) -> None:
+    """Between inputs: stop if the job is over or the lease lost, and fail past the deadline."""
+    if work.lost.is_set() or job_finished(work.lease.job_id):
         raise ShardStopped
+    if time.monotonic() > work.deadline:
+        raise ShardDeadline
 
 
 def result_row(work: ShardWork, index: int, result: CertifyResult) -> ResultRow:
-    return ResultRow(job_id=work.shard.job_id, shard_id=work.shard.id, index=index, label=int(work.data.y[index]),
-                     prediction=result.prediction, radius=result.radius, p_lower=result.p_lower,
-                     p_upper=result.p_upper, q_lower=result.q_lower, q_upper=result.q_upper, samples=result.samples,
-                     seconds=result.seconds)
+    return ResultRow(job_id=work.lease.job_id, shard_id=work.lease.shard_id, index=index,
+                     label=int(work.data.y[index]), prediction=result.prediction, radius=result.radius,
+                     p_lower=result.p_lower, p_upper=result.p_upper, q_lower=result.q_lower, q_upper=result.q_upper,
+                     samples=result.samples, seconds=result.seconds)
 
 
-def store_rows(rows: list[ResultRow]) -> None:
-    """Store the rows in one transaction; rows another attempt of this shard stored first are skipped."""
+def store_rows(work: ShardWork, rows: list[ResultRow]) -> None:
     with Session(get_engine()) as session:
-        session.add_all(rows)
         try:
-            session.commit()
-            return
-        except IntegrityError:  # another attempt of this shard stored (some of) them first
-            session.rollback()
-    if len(rows) > 1:  # keep the ones it did not store; fresh copies, as the failed flush may have set ids
-        for row in rows:
-            store_rows([ResultRow(**row.model_dump(exclude={"id"}))])
+            leases.store_rows(session, work.lease, rows)
+        except leases.Fenced:
+            work.lost.set()
+            raise ShardStopped from None
 
 
 def certify_input(work: ShardWork, index: int) -> None:
-    """Certify one input and store its row at once; stop if the job was cancelled meanwhile."""
+    """Certify one input and store its row at once."""
     c = work.config
-    stop_if_finished(work)
+    check_going(work)
     result = work.smoothed.certify(work.data.x[index], c.n0, c.n, c.alpha, c.batch_size, method=c.method.value,
                                    schedule=work.schedule, q_sigma=c.q_sigma, q_threshold=c.q_threshold,
                                    seed=None if c.seed is None else c.seed + index)
-    store_rows([result_row(work, index, result)])
+    store_rows(work, [result_row(work, index, result)])
 
 
 def certify_group(work: ShardWork, group: list[int]) -> None:
     """Certify a group of inputs together (their noisy copies share batches), as ``kavach certify --pack``
     does: one seed for the group, seed + its first index; store the group's rows in one transaction."""
     c = work.config
-    stop_if_finished(work)
+    check_going(work)
     results = work.smoothed.certify_many(work.data.x[group], c.n0, c.n, c.alpha, c.batch_size,
                                          schedule=work.schedule, seed=None if c.seed is None else c.seed + group[0])
-    store_rows([result_row(work, index, result) for index, result in zip(group, results, strict=True)])
+    store_rows(work, [result_row(work, index, result) for index, result in zip(group, results, strict=True)])
 
 
-def finish_shard(shard_id: int, state: ShardState, error: str | None = None) -> None:
+def finish_shard(lease: Lease, state: ShardState, error: str | None = None) -> None:
     with Session(get_engine()) as session:
-        shard = session.get(Shard, shard_id)
-        job = session.get(Job, shard.job_id)
-        if shard.state in (ShardState.queued, ShardState.running):
-            shard.state = state
-        shard.finished_at = utcnow()
-        shard.seconds = (shard.finished_at - shard.started_at.replace(tzinfo=shard.finished_at.tzinfo)
-                         ).total_seconds() if shard.started_at else None
-        session.add(shard)
-        if state is ShardState.failed and not job.state.finished:
-            job.state, job.error, job.finished_at = JobState.failed, error, utcnow()
-        session.add(job)
-        session.commit()
-        left = session.exec(select(Shard.id).where(Shard.job_id == job.id, Shard.state != ShardState.done)).first()
-        session.refresh(job)
-        if left is None and not job.state.finished:
-            job.state, job.finished_at = JobState.done, utcnow()
-            session.add(job)
-            session.commit()
+        leases.finish(session, lease, state, error)
 
 
-async def renew_lease(redis: Any, arq_job_id: str, lease_s: float) -> None:
-    """Keep arq's in-progress marker alive while this worker runs the shard; once it lapses, arq retries."""
+async def keep_lease(redis: Any, arq_job_id: str, lease: Lease, lost: threading.Event, lease_s: float) -> None:
+    """Renew arq's in-progress marker (once it lapses, arq hands the task to another worker) and the
+    database heartbeat (once it is stale, the reconciler may) every third of the lease. A failed renewal
+    is retried at the next tick, never fatal; a heartbeat that finds the shard taken sets ``lost``."""
     key = ARQ_IN_PROGRESS_PREFIX + arq_job_id
     while True:
-        await redis.pexpire(key, int(lease_s * 1000))
+        try:
+            await redis.pexpire(key, int(lease_s * 1000))
+        except Exception as error:  # noqa: BLE001  Redis away for a moment: the next tick tries again
+            log.warning("lease renewal in redis failed", task=arq_job_id, error=repr(error))
+        try:
+            if not await asyncio.to_thread(lambda: heartbeat(lease)):
+                lost.set()
+                return
+        except Exception as error:  # noqa: BLE001  the database away for a moment
+            log.warning("heartbeat in the database failed", task=arq_job_id, error=repr(error))
         await asyncio.sleep(lease_s / 3)
+
+
+def heartbeat(lease: Lease) -> bool:
+    with Session(get_engine()) as session:
+        return leases.heartbeat(session, lease)
 
 
 async def certify_shard(ctx: dict[str, Any], task: dict[str, int]) -> dict[str, Any]:
     settings: Settings = ctx["settings"]
     shard_task = ShardTask(**task)
-    lease = asyncio.create_task(renew_lease(ctx["redis"], ctx["job_id"], settings.SHARD_LEASE_SECONDS))
-    started, done = time.perf_counter(), 0
+    started, done, work = time.perf_counter(), 0, None
+    lease_task: asyncio.Task | None = None
     try:
         work = await asyncio.to_thread(begin_shard, ctx["resources"], shard_task)
+        lease_task = asyncio.create_task(keep_lease(ctx["redis"], ctx["job_id"], work.lease, work.lost,
+                                                    settings.SHARD_LEASE_SECONDS))
         log.info("shard started", job=shard_task.job_id, shard=shard_task.shard_id, todo=len(work.todo),
-                 attempt=ctx["job_try"])
+                 token=work.lease.token, attempt=work.lease.attempts)
         if work.config.pack == 1:
             for index in work.todo:
                 await asyncio.to_thread(certify_input, work, index)
@@ -282,67 +294,129 @@ async def certify_shard(ctx: dict[str, Any], task: dict[str, int]) -> dict[str, 
             for group in (work.todo[g:g + pack] for g in range(0, len(work.todo), pack)):
                 await asyncio.to_thread(certify_group, work, group)
                 done += len(group)
-        await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.done)
-    except (ShardStopped, VotesCancelled):
-        log.info("shard stopped", job=shard_task.job_id, shard=shard_task.shard_id, certified=done)
+        await asyncio.to_thread(finish_shard, work.lease, ShardState.done)
+    except (ShardStopped, VotesCancelled) as stop:
+        if work is not None and time.monotonic() > work.deadline and not work.lost.is_set():
+            return await fail_for_good(work, shard_task, done, ShardDeadline())
+        log.info("shard stopped", job=shard_task.job_id, shard=shard_task.shard_id, certified=done,
+                 why=type(stop).__name__)
         return {"certified": done, "stopped": True}
-    except (ValueError, ModelFailed, SandboxUnavailable) as error:
-        # the job's settings cannot work (the engine's checks), the model raises, or this server cannot
-        # sandbox models: another try would fail the same way
-        await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.failed, str(error))
-        log.warning("shard failed", job=shard_task.job_id, shard=shard_task.shard_id, error=str(error))
-        return {"certified": done, "error": str(error)}
+    except (ValueError, ModelFailed, SandboxUnavailable, ShardDeadline) as error:
+        # the job's settings cannot work (the engine's checks), the model raises, this server cannot
+        # sandbox models, or the shard ran out of time: another try would end the same way
+        return await fail_for_good(work, shard_task, done, error)
     except Exception as error:  # a model process stopped by a limit or killed, the database or Redis gone...
-        if ctx["job_try"] >= settings.SHARD_MAX_TRIES:
+        attempts = work.lease.attempts if work is not None else ctx["job_try"]
+        if work is not None and attempts >= settings.SHARD_MAX_TRIES:
             why = str(error) if isinstance(error, ModelStopped) else repr(error)
-            await asyncio.to_thread(finish_shard, shard_task.shard_id, ShardState.failed,
-                                    f"shard failed after {ctx['job_try']} tries: {why}")
-            raise
+            await asyncio.to_thread(finish_shard, work.lease, ShardState.failed,
+                                    f"shard failed after {attempts} attempts: {why}")
+            log.warning("shard failed", job=shard_task.job_id, shard=shard_task.shard_id, error=why)
+            return {"certified": done, "error": why}
         log.warning("shard will be retried", job=shard_task.job_id, shard=shard_task.shard_id, error=repr(error))
-        raise Retry(defer=ctx["job_try"]) from error
+        raise Retry(defer=min(ctx["job_try"], 10)) from error
     finally:
-        lease.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lease
+        if lease_task is not None:
+            lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease_task
     log.info("shard done", job=shard_task.job_id, shard=shard_task.shard_id, certified=done,
              seconds=round(time.perf_counter() - started, 3))
     return {"certified": done}
 
 
+async def fail_for_good(work: ShardWork | None, task: ShardTask, done: int, error: Exception) -> dict[str, Any]:
+    why = str(error)
+    if isinstance(error, ShardDeadline) and work is not None:
+        why = (f"the shard ran past its deadline of {work.budget:,.0f} s (SHARD_BASE_SECONDS + "
+               "SHARD_SECONDS_PER_SAMPLE for each sample it may draw)")
+    if work is not None:
+        await asyncio.to_thread(finish_shard, work.lease, ShardState.failed, why)
+    log.warning("shard failed", job=task.job_id, shard=task.shard_id, error=why)
+    return {"certified": done, "error": why}
+
+
+_RESOURCES: dict[str, Resources] = {}  # one per process: model processes outlive a reconnect to Redis
+
+
 async def startup(ctx: dict[str, Any]) -> None:
-    ctx["settings"] = get_settings()
-    ctx["resources"] = Resources(ctx["settings"])
+    ctx["settings"] = settings = get_settings()
+    ctx["resources"] = _RESOURCES.setdefault("resources", Resources(settings))
+    ctx["reconciler"] = asyncio.create_task(reconcile_forever(ctx["redis"], settings))
+
+
+async def reconcile_forever(queue: Any, settings: Settings) -> None:
+    """The reconciler at start and every RECONCILE_SECONDS; a failed pass (Redis or the database away) is
+    logged and the next one tries again."""
+    while True:
+        try:
+            await reconcile(queue, settings)
+        except Exception as error:  # noqa: BLE001
+            log.warning("reconcile pass failed", error=repr(error))
+        await asyncio.sleep(settings.RECONCILE_SECONDS)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if "resources" in ctx:
-        await asyncio.to_thread(ctx["resources"].close)
+    if "reconciler" in ctx:
+        ctx["reconciler"].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ctx["reconciler"]
+
+
+def close_resources() -> None:
+    if "resources" in _RESOURCES:
+        _RESOURCES.pop("resources").close()
 
 
 def worker_settings(settings: Settings) -> dict[str, Any]:
     if settings.REDIS_URL is None:
         raise SystemExit("REDIS_URL is not set: point the worker at the API's Redis (make run prints it)")
-    shard: Function = func(certify_shard, name=SHARD_TASK, max_tries=settings.SHARD_MAX_TRIES,
-                           timeout=7 * 24 * 3600)  # a shard's length is bounded by its inputs, not a clock
-    return {"functions": [shard], "on_startup": startup, "on_shutdown": shutdown, "redis_settings": redis_settings(settings.REDIS_URL),
-            "queue_name": QUEUE_NAME, "max_jobs": settings.WORKER_MAX_JOBS, "poll_delay": settings.WORKER_POLL_SECONDS,
-            "keep_result": 3600, "handle_signals": True}
+    # the database counts a shard's attempts (SHARD_MAX_TRIES); arq's own count only backs it up, so that
+    # arq never gives up on a task before the shard's attempts say so
+    shard: Function = func(certify_shard, name=SHARD_TASK, max_tries=settings.SHARD_MAX_TRIES + 3,
+                           timeout=7 * 24 * 3600)  # the shard keeps its own deadline, scaled by its samples
+    return {"functions": [shard], "on_startup": startup, "on_shutdown": shutdown,
+            "redis_settings": redis_settings(settings.REDIS_URL), "queue_name": QUEUE_NAME,
+            "max_jobs": settings.WORKER_MAX_JOBS, "poll_delay": settings.WORKER_POLL_SECONDS, "keep_result": 3600,
+            "handle_signals": True}
 
 
-class WorkerSettings:
-    """For ``arq backend.worker.WorkerSettings``; ``kavach worker`` does the same."""
+class ShardWorker(Worker):
+    """arq's worker, remembering that it was asked to stop (so a lost Redis then does not restart it)."""
 
-    functions: ClassVar = [func(certify_shard, name=SHARD_TASK, timeout=7 * 24 * 3600)]
-    on_startup = startup
-    on_shutdown = shutdown
-    queue_name = QUEUE_NAME
-    redis_settings = redis_settings(get_settings().REDIS_URL) if get_settings().REDIS_URL else None
+    stopping = threading.Event()
+
+    def handle_sig(self, signum: Signals) -> None:
+        ShardWorker.stopping.set()
+        super().handle_sig(signum)
+
+    async def close(self) -> None:
+        if not ShardWorker.stopping.is_set():
+            await super().close()
+            return
+        try:  # asked to stop: do not wait out the patient Redis retries if Redis is gone
+            await asyncio.wait_for(super().close(), CLOSE_SECONDS)
+        except (TimeoutError, RedisError, OSError) as error:
+            log.warning("worker stopped without a clean goodbye to redis", error=repr(error))
 
 
 def run_worker() -> None:
+    """Run the arq worker; when Redis stays away longer than its commands retry, start it again once Redis
+    answers (shards in flight are retried by arq or dispatched again by a reconciler)."""
     settings = get_settings()
-    structlog.get_logger("kavach.worker").info("worker starting", redis=(settings.REDIS_URL or "").split("@")[-1])
-    Worker(**worker_settings(settings)).run()
+    log.info("worker starting", redis=(settings.REDIS_URL or "").split("@")[-1])
+    try:
+        while True:
+            try:
+                ShardWorker(**worker_settings(settings)).run()
+                return
+            except (RedisError, OSError, ConnectionError, TimeoutError) as error:
+                if ShardWorker.stopping.is_set():
+                    return
+                log.warning("worker lost redis; starting again", error=repr(error))
+                time.sleep(2.0)
+    finally:
+        close_resources()
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ def test_cancel_a_running_packed_job_between_groups(service, model_id):
             stored_at_cancel = stored_rows(engine, job_id)
             # wait until every shard's task has returned (arq keeps each result): the one in flight once its group
             # is stored, the queued ones at once; from then on nothing can store a row
-            results = [f"{result_key_prefix}{SHARD_JOB_PREFIX}{shard.id}" for shard in shards_of(engine, job_id)]
+            results = [f"{result_key_prefix}{SHARD_JOB_PREFIX}{shard.id}:0" for shard in shards_of(engine, job_id)]
             deadline = time.monotonic() + 60
             while not all(queue.exists(key) for key in results):
                 assert time.monotonic() < deadline, f"the shards of job {job_id} did not stop"
@@ -473,9 +473,10 @@ def test_inputs_come_back_as_png_thumbnails_for_their_owner_only(service, model_
                 assert image.size == (64, 64) and image.mode == "L"  # 8x8 grey, scaled up 8x
                 expected = np.round(digits.x[3, 0].numpy() * 255).astype(np.uint8)
                 assert (np.asarray(image)[::8, ::8] == expected).all()
-        for path in (f"/jobs/{job_id}/images/{len(digits.x)}", f"/jobs/{job_id}/images/-1",
-                     "/datasets/digits/images/100000", "/datasets/nope/images/0"):
+        for path in (f"/jobs/{job_id}/images/{len(digits.x)}", "/datasets/digits/images/100000",
+                     "/datasets/nope/images/0"):
             assert alice.get(f"/api/v1{path}").status_code == 404, path
+        assert alice.get(f"/api/v1/jobs/{job_id}/images/-1").status_code == 422  # indices start at 0
         assert bob.get(f"/api/v1/jobs/{job_id}/images/0").status_code == 404
 
         buffer = io.BytesIO()

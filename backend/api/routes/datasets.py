@@ -10,6 +10,7 @@ from sqlmodel import col, select
 
 from backend import storage
 from backend.api.deps import CurrentOwner, InputIndex, ResourceId, SessionDep, SettingsDep, owned_or_404
+from backend.api.errors import MALFORMED_BODY, unprocessable
 from backend.datasets import builtin_datasets, builtin_names, dataset_public, ingest_upload
 from backend.images import image_png, load_cached
 from backend.models import Dataset, DatasetPublic, DatasetsPublic, Job, Message
@@ -27,7 +28,8 @@ async def read_datasets(session: SessionDep, owner: CurrentOwner) -> DatasetsPub
 
 
 @router.post("", response_model=DatasetPublic, status_code=status.HTTP_201_CREATED,
-             responses={413: {"model": Message}, 422: {"model": Message}})
+             responses={400: MALFORMED_BODY, 413: {"model": Message},
+                        422: unprocessable("not an .npz with x and y nor a zip of class folders, or over a limit")})
 async def create_dataset(
     session: SessionDep, owner: CurrentOwner, settings: SettingsDep,
     file: Annotated[UploadFile, File(description=".npz with arrays x and y, or a .zip of class-named image folders")],
@@ -65,12 +67,12 @@ def owned_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> D
     return owned_or_404(session, owner, Dataset, id, "dataset")
 
 
-@router.get("/{id}", response_model=DatasetPublic)
+@router.get("/{id}", response_model=DatasetPublic, responses={404: {"model": Message}})
 def read_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> DatasetPublic:
     return dataset_public(owned_dataset(session, owner, id))
 
 
-@router.delete("/{id}", response_model=Message, responses={409: {"model": Message}})
+@router.delete("/{id}", response_model=Message, responses={404: {"model": Message}, 409: {"model": Message}})
 def delete_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Message:
     row = owned_dataset(session, owner, id)
     if session.exec(select(Job.id).where(Job.dataset == str(id), Job.owner_id == owner.id)).first() is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import structlog
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -21,13 +22,15 @@ from backend.api.deps import (
     SettingsDep,
     owned_or_404,
 )
+from backend.api.errors import MALFORMED_BODY, unprocessable
 from backend.api.routes.datasets import PNG_RESPONSES, png_response
 from backend.datasets import find_dataset
 from backend.db import get_engine
 from backend.models import Job, JobCreate, JobPublic, JobsPublic, Message, Owner
-from backend.queue import ShardTask, enqueue_shards
+from backend.queue import ShardTask, try_enqueue
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+log = structlog.get_logger("kavach.api")
 
 
 def owned_job(session: Session, owner: Owner, id: int) -> Job:
@@ -35,10 +38,10 @@ def owned_job(session: Session, owner: Owner, id: int) -> Job:
 
 
 @router.post("", response_model=JobPublic, status_code=status.HTTP_201_CREATED,
-             responses={404: {"model": Message}, 429: {"model": Message, "description": "over the owner's quota"},
-                        422: {"description": "subset, shapes or labels do not fit, or bf16, "
-                                                                 "compile or freeze asked of a model format that "
-                                                                 "cannot take it"}})
+             responses={400: MALFORMED_BODY, 404: {"model": Message},
+                        429: {"model": Message, "description": "over the owner's quota"},
+                        422: unprocessable("subset, shapes or labels do not fit, or bf16, compile or freeze "
+                                           "asked of a model format that cannot take it")})
 async def create_job(session: SessionDep, owner: CurrentOwner, settings: SettingsDep, queue: QueueDep,
                      job_in: JobCreate) -> JobPublic:
     """Store the job, split it into shards of SHARD_SIZE inputs and enqueue one task per shard."""
@@ -51,7 +54,9 @@ async def create_job(session: SessionDep, owner: CurrentOwner, settings: Setting
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(error)) from None
     except jobs.Invalid as error:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
-    await enqueue_shards(queue, [ShardTask(job_id=job.id, shard_id=shard.id) for shard in shards])
+    # the job is stored: if Redis does not answer now, a worker's reconciler enqueues its shards later
+    if not await try_enqueue(queue, [ShardTask(job_id=job.id, shard_id=shard.id) for shard in shards]):
+        log.warning("redis did not take the job's shards; the reconciler will", job=job.id)
     return jobs.job_public(session=session, job=job)
 
 
@@ -68,13 +73,14 @@ def read_job(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> JobPub
 
 @router.post("/{id}/cancel", response_model=JobPublic, responses={404: {"model": Message}})
 def cancel_job(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> JobPublic:
-    """Stop the job: queued shards are skipped, running ones stop after the input in flight."""
+    """Stop the job: queued shards are skipped, running ones stop after the batch in flight."""
     job = jobs.cancel_job(session=session, job=owned_job(session, owner, id))
     return jobs.job_public(session=session, job=job)
 
 
 @router.get("/{id}/events", responses={200: {"content": {"text/event-stream": {}},
-                                             "description": "`progress` events carrying JobPublic"}})
+                                             "description": "`progress` events carrying JobPublic"},
+                                       404: {"model": Message}})
 async def job_events(request: Request, session: SessionDep, owner: CurrentOwner, settings: SettingsDep,
                      id: ResourceId) -> EventSourceResponse:
     """Server-sent events: the job (with its progress) every PROGRESS_INTERVAL_SECONDS until it finishes."""

@@ -11,6 +11,7 @@ from sqlmodel import col, select
 
 from backend import storage
 from backend.api.deps import CurrentOwner, Offset, PageSize, ResourceId, SessionDep, SettingsDep, owned_or_404
+from backend.api.errors import MALFORMED_BODY, unprocessable
 from backend.crud import create_model_row
 from backend.modelfiles import ModelRejected, SandboxUnavailable, store_checked
 from backend.models import Job, Message, Model, ModelCreate, ModelPublic, ModelsPublic
@@ -26,7 +27,8 @@ def parse_metadata(metadata: str) -> ModelCreate:
 
 
 @router.post("", response_model=ModelPublic, status_code=status.HTTP_201_CREATED,
-             responses={413: {"model": Message}, 422: {"description": "the file does not load or run as declared"},
+             responses={400: MALFORMED_BODY, 413: {"model": Message},
+                        422: unprocessable("the file does not load or run as declared"),
                         503: {"model": Message, "description": "this server cannot sandbox model files"}})
 async def create_model(
     session: SessionDep, owner: CurrentOwner, settings: SettingsDep,
@@ -65,12 +67,12 @@ def owned_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Mod
     return owned_or_404(session, owner, Model, id, "model")
 
 
-@router.get("/{id}", response_model=ModelPublic)
+@router.get("/{id}", response_model=ModelPublic, responses={404: {"model": Message}})
 def read_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Model:
     return owned_model(session, owner, id)
 
 
-@router.delete("/{id}", response_model=Message, responses={409: {"model": Message}})
+@router.delete("/{id}", response_model=Message, responses={404: {"model": Message}, 409: {"model": Message}})
 def delete_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Message:
     model = owned_model(session, owner, id)
     if session.exec(select(Job.id).where(Job.model_id == id)).first() is not None:
