@@ -2,7 +2,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-services bench lint run openapi frontend test-frontend test-e2e results demo-models
+.PHONY: install test test-services bench fuzz load lint run openapi frontend test-frontend test-e2e results demo-models
 
 install:
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
@@ -39,6 +39,16 @@ demo-models: install
 
 bench: install
 	$(PYTHON) -m bench.engine_bench
+
+# schemathesis against openapi.json on a loopback service, every operation with a token: no 5xx, answers as
+# declared (FUZZ_EXAMPLES per operation, FUZZ_SECONDS at most); writes bench/results/fuzz.json
+fuzz: install
+	$(PIP) install -q -e '.[fuzz]'
+	$(PYTHON) -m tests.fuzz.run_fuzz
+
+# LOAD_CLIENTS (50) clients reading jobs for LOAD_SECONDS (20) while a job runs; bench/results/service_load.json
+load: install
+	$(PYTHON) -m bench.service_load
 
 lint:
 	$(PYTHON) -m ruff check engine backend tests bench
