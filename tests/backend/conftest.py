@@ -54,6 +54,7 @@ class Service:
     database_url: str
     processes: list[subprocess.Popen] = field(default_factory=list)
     worker: subprocess.Popen | None = None
+    api: subprocess.Popen | None = None
     tokens: dict[str, str] = field(default_factory=dict)
 
     def spawn(self, args: list[str], name: str) -> subprocess.Popen:
@@ -67,10 +68,30 @@ class Service:
         self.worker = self.spawn(["-m", "backend.worker"], "worker")
         return self.worker
 
-    def kill_worker(self) -> None:
-        assert self.worker is not None
-        os.killpg(self.worker.pid, signal.SIGKILL)
-        self.worker.wait()
+    def kill_worker(self, worker: subprocess.Popen | None = None) -> None:
+        worker = worker or self.worker
+        assert worker is not None
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+    def start_api(self) -> subprocess.Popen:
+        port = self.url.rsplit(":", 1)[1]
+        self.api = self.spawn(["-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", port,
+                               "--log-level", "warning"], "api")
+        return self.api
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not become ready: " + " | ".join(
+                    p.read_text()[-2000:] for p in self.logs.iterdir()))
+            time.sleep(0.1)
 
     def client(self, owner: str = "alice") -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.tokens[owner]}"},
@@ -94,16 +115,17 @@ def make_token(env: dict[str, str], owner: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def start_service(root: Path, overrides: dict[str, str] | None = None,
-                  workers: int = 1) -> tuple[Service, EmbeddedRedis | None]:
+def start_service(root: Path, overrides: dict[str, str] | None = None, workers: int = 1,
+                  redis_url: str | None = None) -> tuple[Service, EmbeddedRedis | None]:
     """API, ``workers`` workers, Redis and a migrated database with owners alice and bob; the caller stops them.
 
-    ``overrides`` sets more settings (environment variables) for every process of this service.
+    ``overrides`` sets more settings (environment variables) for every process of this service; ``redis_url``
+    names a Redis the caller runs (else KAVACH_TEST_REDIS_URL, else an embedded one).
     """
     database_url = os.environ.get("KAVACH_TEST_DATABASE_URL") or f"sqlite:///{root / 'kavach.db'}"
     if database_url.startswith("postgresql"):
         reset_postgres(database_url)
-    redis_url = os.environ.get("KAVACH_TEST_REDIS_URL")
+    redis_url = redis_url or os.environ.get("KAVACH_TEST_REDIS_URL")
     embedded = None
     if redis_url:
         import redis
@@ -122,21 +144,10 @@ def start_service(root: Path, overrides: dict[str, str] | None = None,
     svc = Service(url=f"http://127.0.0.1:{port}", env=env, logs=root / "logs", database_url=database_url)
     try:
         svc.tokens = {owner: make_token(env, owner) for owner in ("alice", "bob")}
-        svc.spawn(["-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1", "--port", str(port),
-                   "--log-level", "warning"], "api")
+        svc.start_api()
         for _ in range(workers):
             svc.start_worker()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{svc.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API did not become ready: " + " | ".join(
-                    p.read_text()[-2000:] for p in svc.logs.iterdir()))
-            time.sleep(0.1)
+        svc.wait_ready()
     except BaseException:
         svc.stop()
         if embedded is not None:
