@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import httpx
-import torch
 
-from tests.backend.conftest import start_service
-from tests.backend.test_service import DIGITS_META, start_job, tiny_digits_cnn, upload_model
+from tests.backend.conftest import running_service, save_digits_cnn
+from tests.backend.test_service import DIGITS_META, start_job, upload_model
 
 LOAD_SECONDS = 5.0
 
@@ -50,10 +49,8 @@ async def concurrent_rps(url: str, headers: dict, path: str, connections: int = 
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        svc, embedded = start_service(root)
-        try:
-            path = root / "digits_cnn.pt"
-            torch.jit.save(torch.jit.script(tiny_digits_cnn()), str(path))
+        with running_service(root) as svc:
+            path = save_digits_cnn(root / "digits_cnn.pt")
             with svc.client() as client:
                 model_id = upload_model(client, path, DIGITS_META).json()["id"]
                 first = [first_row_seconds(client, model_id) for _ in range(5)]
@@ -64,10 +61,6 @@ def main() -> None:
                     assert client.get(f"/api/v1/jobs/{job_id}").status_code == 200
                     latencies.append(time.perf_counter() - t)
                 rps8 = asyncio.run(concurrent_rps(svc.url, dict(client.headers), f"/api/v1/jobs/{job_id}"))
-        finally:
-            svc.stop()
-            if embedded is not None:
-                embedded.stop()
     result = {"database": svc.database_url.split(":")[0], "first_row_seconds": first,
               "first_row_median_seconds": statistics.median(first),
               "get_job_requests_per_second_1_client": len(latencies) / sum(latencies),

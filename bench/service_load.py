@@ -23,10 +23,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
 
-from tests.backend.conftest import start_service
-from tests.backend.test_service import DIGITS_META, start_job, tiny_digits_cnn, upload_model, wait_for
+from tests.backend.conftest import running_service, save_digits_cnn
+from tests.backend.test_service import DIGITS_META, start_job, upload_model, wait_for
 
 OUT = Path(__file__).parent / "results" / "service_load.json"
 # what each request reads, with its weight: the dashboard polls the job, now and then a list, summary or page
@@ -80,10 +79,8 @@ def run(clients: int = 50, seconds: float = 20.0, inputs: int = 1000, n: int = 2
         out: Path | None = OUT) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        svc, embedded = start_service(root)
-        try:
-            path = root / "digits_cnn.pt"
-            torch.jit.save(torch.jit.script(tiny_digits_cnn()), str(path))
+        with running_service(root) as svc:
+            path = save_digits_cnn(root / "digits_cnn.pt")
             with svc.client() as client:
                 model = upload_model(client, path, DIGITS_META)
                 assert model.status_code == 201, model.text
@@ -94,10 +91,6 @@ def run(clients: int = 50, seconds: float = 20.0, inputs: int = 1000, n: int = 2
                 figures = asyncio.run(load(svc.url, svc.tokens["alice"], job_id, clients, seconds))
                 after = client.get(f"/api/v1/jobs/{job_id}").json()
                 client.post(f"/api/v1/jobs/{job_id}/cancel")
-        finally:
-            svc.stop()
-            if embedded is not None:
-                embedded.stop()
     result = {"clients": clients, "seconds": seconds, **figures,
               "job": {"inputs": inputs, "n": n, "state_before": before["state"], "state_after": after["state"],
                       "done_before": before["progress"]["done"], "done_after": after["progress"]["done"],

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,9 +157,10 @@ def start_service(root: Path, overrides: dict[str, str] | None = None, workers: 
     return svc, embedded
 
 
-@pytest.fixture(scope="session")
-def service(tmp_path_factory) -> Iterator[Service]:
-    svc, embedded = start_service(tmp_path_factory.mktemp("kavach"))
+@contextmanager
+def running_service(root: Path, **options) -> Iterator[Service]:
+    """``start_service(root, **options)``, stopped (with its embedded Redis) on the way out."""
+    svc, embedded = start_service(root, **options)
     try:
         yield svc
     finally:
@@ -167,16 +169,25 @@ def service(tmp_path_factory) -> Iterator[Service]:
             embedded.stop()
 
 
-@pytest.fixture(scope="module")
-def scripted_model(tmp_path_factory) -> Path:
-    """A small digits CNN, trained for a second and saved as a TorchScript archive."""
+@pytest.fixture(scope="session")
+def service(tmp_path_factory) -> Iterator[Service]:
+    with running_service(tmp_path_factory.mktemp("kavach")) as svc:
+        yield svc
+
+
+def save_digits_cnn(path: Path) -> Path:
+    """A small digits CNN, trained for a second and saved as a TorchScript archive at ``path``."""
     import torch
 
     from tests.backend.test_service import tiny_digits_cnn
 
-    path = tmp_path_factory.mktemp("models") / "digits_cnn.pt"
     torch.jit.save(torch.jit.script(tiny_digits_cnn()), str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def scripted_model(tmp_path_factory) -> Path:
+    return save_digits_cnn(tmp_path_factory.mktemp("models") / "digits_cnn.pt")
 
 
 @pytest.fixture(scope="module")

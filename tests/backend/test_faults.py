@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from backend.embedded import EmbeddedRedis
-from tests.backend.conftest import Service, free_port, start_service
+from tests.backend.conftest import Service, free_port, running_service
 from tests.backend.test_service import DIGITS_META, FAST_CONFIG, engine_rows, result_tuples, upload_model
 
 pytestmark = pytest.mark.slow
@@ -63,14 +63,8 @@ class PlainRedis:
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    import torch
-
-    from tests.backend.test_service import tiny_digits_cnn
-
-    path = tmp_path_factory.mktemp("fault-model") / "digits_cnn.pt"
-    torch.jit.save(torch.jit.script(tiny_digits_cnn()), str(path))
-    return path
+def model_file(scripted_model) -> Path:
+    return scripted_model
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +147,8 @@ def shards_started(svc: Service) -> dict[str, set[int]]:
 
 @pytest.fixture(scope="module")
 def three_workers(tmp_path_factory) -> Iterator[Service]:
-    svc, embedded = start_service(tmp_path_factory.mktemp("three"), overrides=FAULTS, workers=3)
-    try:
+    with running_service(tmp_path_factory.mktemp("three"), overrides=FAULTS, workers=3) as svc:
         yield svc
-    finally:
-        svc.stop()
-        if embedded is not None:
-            embedded.stop()
 
 
 def test_three_workers_on_one_redis_share_one_job(three_workers, model_file, reference):
@@ -191,11 +180,10 @@ def test_a_worker_sigkilled_mid_shard_loses_nothing(three_workers, model_file, r
 def own_redis(tmp_path_factory) -> Iterator[tuple[Service, EmbeddedRedis]]:
     root = tmp_path_factory.mktemp("restarts")
     redis = EmbeddedRedis(root / "redis").start()  # appendonly: it keeps its queue across a restart
-    svc, _ = start_service(root, overrides=FAULTS, redis_url=redis.url)
     try:
-        yield svc, redis
+        with running_service(root, overrides=FAULTS, redis_url=redis.url) as svc:
+            yield svc, redis
     finally:
-        svc.stop()
         redis.stop()
 
 
@@ -237,16 +225,15 @@ def test_a_job_created_while_redis_is_down_runs_once_redis_is_back(own_redis, mo
 def test_redis_without_persistence_restarted_mid_job(tmp_path_factory, model_file, reference):
     root = tmp_path_factory.mktemp("plain")
     redis = PlainRedis(root / "redis").start()
-    svc, _ = start_service(root, overrides=FAULTS, redis_url=redis.url)
     try:
-        job = start_job(svc, register(svc, model_file))
-        mid_job(svc, job)
-        redis.stop()  # every key is lost: the queue, arq's in-progress markers, its results
-        time.sleep(1.0)
-        redis.start()
-        finished_exactly_once(svc, job, reference)
-        dispatched = query(svc, "SELECT max(dispatches) FROM shard WHERE job_id = :j", j=job)[0][0]
-        assert dispatched >= 1  # the reconciler put lost shards back on the queue
+        with running_service(root, overrides=FAULTS, redis_url=redis.url) as svc:
+            job = start_job(svc, register(svc, model_file))
+            mid_job(svc, job)
+            redis.stop()  # every key is lost: the queue, arq's in-progress markers, its results
+            time.sleep(1.0)
+            redis.start()
+            finished_exactly_once(svc, job, reference)
+            dispatched = query(svc, "SELECT max(dispatches) FROM shard WHERE job_id = :j", j=job)[0][0]
+            assert dispatched >= 1  # the reconciler put lost shards back on the queue
     finally:
-        svc.stop()
         redis.stop()

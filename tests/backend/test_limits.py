@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.backend.conftest import start_service
+from tests.backend.conftest import running_service
 from tests.backend.test_service import DIGITS_META, FAST_CONFIG, upload_model
 
 
@@ -108,14 +108,9 @@ QUOTAS = {"MAX_ACTIVE_JOBS_PER_OWNER": "2", "MAX_SAMPLES_IN_FLIGHT_PER_OWNER": "
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    svc, embedded = start_service(tmp_path_factory.mktemp("limited"), overrides=QUOTAS)
-    svc.kill_worker()  # nobody certifies: the jobs stay queued and count against the quotas
-    try:
+    with running_service(tmp_path_factory.mktemp("limited"), overrides=QUOTAS) as svc:
+        svc.kill_worker()  # nobody certifies: the jobs stay queued and count against the quotas
         yield svc
-    finally:
-        svc.stop()
-        if embedded is not None:
-            embedded.stop()
 
 
 def test_per_owner_quotas_on_active_jobs_and_samples_in_flight(limited, scripted_model):

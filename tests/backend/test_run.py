@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backend.run import stat_fields
+
 REPO = Path(__file__).resolve().parents[2]
 STOP_SECONDS = 20.0
 
@@ -41,14 +43,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def stat_fields(pid: int) -> list[str] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()
 
 
 def descendants(root: int) -> dict[int, str]:
