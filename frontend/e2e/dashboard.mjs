@@ -130,7 +130,10 @@ try {
   await page.waitForURL(new RegExp(`jobs=${first}$`));
   await page.getByLabel(`compare job ${second}`).click();
   await page.waitForURL(new RegExp(`jobs=${first}%2C${second}$|jobs=${first},${second}$`));
-  assert.ok(await page.getByLabel(`compare job ${second}`).isChecked());
+  const secondBox = page.getByLabel(`compare job ${second}`);
+  // the box re-renders from the URL: on a busy machine that can trail the navigation by a moment
+  for (let i = 0; i < 50 && !(await secondBox.isChecked()); i += 1) await page.waitForTimeout(100);
+  assert.ok(await secondBox.isChecked());
   const legend = page.locator('[data-testid=curve-chart] .recharts-legend-item');
   await legend.nth(1).waitFor();
   const names = await legend.allTextContents();
