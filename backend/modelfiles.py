@@ -60,7 +60,8 @@ def confined(settings: Settings) -> bool:
 def model_file(path: str | Path, *, format: str | None, arch: str | None, num_classes: int | None,
                input_shape: Sequence[int], input_max: float = 1.0, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None) -> ModelFile:
-    return ModelFile(file=str(path), format=format, arch=arch, num_classes=num_classes, input_shape=list(input_shape),
+    # absolute: the model process runs in its own scratch folder (STORAGE_DIR may be relative)
+    return ModelFile(file=str(Path(path).resolve()), format=format, arch=arch, num_classes=num_classes, input_shape=list(input_shape),
                      input_max=input_max, mean=None if mean is None else list(mean),
                      std=None if std is None else list(std))
 

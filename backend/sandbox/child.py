@@ -178,7 +178,10 @@ def main(in_fd: int, out_fd: int) -> int:
     try:
         if spec.get("threads"):
             torch.set_num_threads(int(spec["threads"]))
-        spec["models"] = stage_files(spec, scratch)
+        try:
+            spec["models"] = stage_files(spec, scratch)
+        except OSError:
+            raise Failure("load", "load", "the stored file cannot be read") from None
         warm_up(spec["device"])
         if spec.get("confine", True):
             limits = confinement.Limits(**spec["limits"])

@@ -293,3 +293,16 @@ def test_the_api_refuses_a_model_that_allocates_50_gb(service, tmp_path):
         response = upload(client, script(Hog(), tmp_path / "hog.pt"))
     assert response.status_code == 422, response.text
     assert "memory limit" in response.json()["detail"]
+
+
+def test_a_relative_storage_path_reaches_the_model_process_whole(tmp_path, monkeypatch):
+    # make run's STORAGE_DIR is relative (data/storage); the model process runs in its own scratch folder
+    from backend.modelfiles import model_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "store").mkdir()
+    torch.manual_seed(0)
+    script(SlowLinear(), tmp_path / "store" / "m.pt")
+    file = model_file("store/m.pt", format=None, arch=None, num_classes=10, input_shape=[1, 8, 8])
+    assert file.file == str(tmp_path / "store" / "m.pt")
+    assert check_model_file([file], limits=LIMITS, confine=True)["shape"] == [1, 10]
