@@ -135,7 +135,7 @@ class Service:
 
 
 def make_token(env: dict[str, str], owner: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "token", "create", owner], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, "-m", "kavach.cli", "token", "create", owner], cwd=REPO, env=env,
                          capture_output=True, text=True, check=True)
     return out.stdout.strip().splitlines()[-1]
 

@@ -44,7 +44,7 @@ def npz_bytes() -> bytes:
 
 
 def cli(service, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "token", *args], check=False, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "kavach.cli", "token", *args], check=False, cwd=REPO,
                           env=service.env, capture_output=True, text=True, timeout=120)
 
 
