@@ -325,7 +325,7 @@ def compare_schedules_on_published_pa(cfg: dict, device: torch.device) -> dict |
     can be fetched here). Skipped when the reference data is absent."""
     from scipy.special import ndtri
 
-    path = (Path(__file__).resolve().parents[2] / "shared" / "reference" / "dsrs_data" / "sampling" /
+    path = (Path(__file__).resolve().parents[1] / "tests" / "data" / "dsrs_data" / "sampling" /
             "cohen-cifar-0.50.pth" / "gaussian-None-0.5-50000-0.0005.txt")
     if not path.exists():
         return None

@@ -1,11 +1,12 @@
-"""Readers for the DSRS authors' published per-input data in ../shared/reference/dsrs_data."""
+"""Readers for the DSRS authors' published per-input data, vendored in tests/data/dsrs_data."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-ROOT = Path(os.environ.get("KAVACH_DSRS_DATA", Path(__file__).resolve().parents[3] / "shared/reference/dsrs_data"))
+# KAVACH_DSRS_DATA points the tests at another copy of the same files
+ROOT = Path(os.environ.get("KAVACH_DSRS_DATA", Path(__file__).resolve().parents[1] / "data" / "dsrs_data"))
 
 
 def read_sampling(model: str, name: str) -> dict[int, tuple[float, float]]:

@@ -20,11 +20,7 @@ from engine.radius.np import (
     radial_setting,
 )
 from engine.radius.radial import RadialSetting
-from tests.engine.dsrs_data import ROOT, read_radius, read_sampling
-
-# Skipped only outside CI: in CI a missing reference folder is an error, not a silent skip.
-pytestmark = pytest.mark.skipif(not ROOT.exists() and not os.environ.get("CI"),
-                                reason="shared/reference/dsrs_data not found")
+from tests.engine.dsrs_data import read_radius, read_sampling
 
 SIGMA = 0.5
 # Every row by default; a stride > 1 gives a quick local run (CI uses every row).
