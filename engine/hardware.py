@@ -85,3 +85,17 @@ def native_bf16(device: torch.device | str) -> tuple[bool, str]:
     if device.type == "cpu":
         return _cpu_bf16()
     return False, f"no bf16 detection for {device.type} devices"
+
+
+@functools.cache
+def cpu_model_name() -> str | None:
+    """The CPU's marketing name from /proc/cpuinfo ("model name"), for reports; None where it is not there."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "model name":
+            return value.strip()
+    return None
