@@ -48,8 +48,18 @@ def describe(name: str, data: ImageDataset, *, id: str, builtin: bool,
                          num_classes=data.num_classes, class_names=class_names)
 
 
+# the built-ins' label names, so that results read "Sneaker" rather than 7
+BUILTIN_CLASS_NAMES = {
+    "digits": [str(i) for i in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+}
+
+
 def builtin_datasets(split: str = "test") -> list[DatasetPublic]:
-    return [describe(name, load_builtin(name, split), id=name, builtin=True) for name in builtin_names()]
+    return [describe(name, load_builtin(name, split), id=name, builtin=True, class_names=BUILTIN_CLASS_NAMES.get(name))
+            for name in builtin_names()]
 
 
 def dataset_public(row: Dataset) -> DatasetPublic:

@@ -27,7 +27,7 @@ log = structlog.get_logger("kavach.demo")
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "demo-"
 MODEL_FIELDS = ("name", "kind", "format", "arch", "input_shape", "num_classes", "class_names", "input_max", "mean",
-                "std")
+                "std", "dataset", "sigma")
 
 
 class Skipped(ValueError):
