@@ -13,7 +13,6 @@ from backend.core.config import Settings
 from backend.crud import get_owned
 from backend.datasets import find_dataset, load_for_job
 from backend.models import (
-    SEED_LIMIT,
     CurvePoint,
     Job,
     JobConfig,
@@ -31,7 +30,6 @@ from backend.models import (
     Subset,
     utcnow,
 )
-from engine.bounds import clopper_pearson_lower
 from engine.metrics import (
     abstain_rate,
     average_certified_radius,
@@ -39,9 +37,6 @@ from engine.metrics import (
     clean_accuracy,
     radius_grid,
 )
-from engine.noise import make_noise
-from engine.options import Method, NoiseKind
-from engine.radius.np import gaussian_np_radius
 
 
 class NotFound(LookupError):
@@ -108,7 +103,7 @@ def check_fit(model: Model, shape: list[int], labels: np.ndarray, config: JobCon
         raise Invalid(f"the dataset has label {top} but model {model.id} has {model.num_classes} classes")
     d = int(np.prod(shape))
     try:
-        make_noise(config.noise.value, config.sigma, k=config.k, d=d if config.k else None)
+        config.make_noise(d)
     except ValueError as error:
         raise Invalid(str(error)) from None
 
@@ -150,8 +145,10 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, settings: S
         raise Invalid(str(error)) from None
     indices = resolve_indices(job_in.subset, len(data.x), settings.MAX_JOB_INPUTS)
     check_fit(model, list(data.x.shape[1:]), data.y[indices].numpy(), job_in.config)
-    if job_in.config.seed is not None and job_in.config.seed + max(indices) >= SEED_LIMIT:
-        raise Invalid(f"seed + input index must stay below 2^64: seed {job_in.config.seed} + index {max(indices)}")
+    try:
+        job_in.config.input_seed(max(indices))  # the last input's seed must exist
+    except ValueError as error:
+        raise Invalid(str(error)) from None
     check_quota(session=session, owner=owner, inputs=len(indices), config=job_in.config, settings=settings)
     shard_size = settings.SHARD_SIZE
     job = Job(owner_id=owner.id, model_id=model.id, dataset=job_in.dataset, split=job_in.split,
@@ -245,14 +242,4 @@ def job_summary(*, session: Session, job: Job) -> JobSummary:
                       curve=[CurvePoint(radius=float(r), certified_accuracy=float(a)) for r, a in zip(grid, curve)],
                       acr=average_certified_radius(radii, correct), abstain_rate=abstain_rate([r.prediction for r in rows]),
                       clean_accuracy=clean_accuracy(correct), samples=samples, seconds=seconds,
-                      samples_per_second=samples / seconds if seconds > 0 else None, max_radius=max_radius(job))
-
-
-def max_radius(job: Job) -> float | None:
-    """NP's radius when all N estimation samples vote the top class: sigma Phi^-1 of the one-sided
-    Clopper-Pearson lower bound at N of N, alpha ** (1 / N), the engine's own bound. No input of the job
-    can certify beyond it. Gaussian NP only (generalized Gaussian needs a numerical search, DSRS its Q)."""
-    config = JobConfig.model_validate(job.config)
-    if config.method is not Method.np or config.noise is not NoiseKind.gaussian:
-        return None
-    return gaussian_np_radius(float(clopper_pearson_lower(config.n, config.n, config.alpha)), config.sigma)
+                      samples_per_second=samples / seconds if seconds > 0 else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field as PydanticField
 from pydantic import FiniteFloat, model_validator
@@ -13,12 +13,10 @@ from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from backend.core.config import get_settings
-from engine.options import COMPILE_CONFLICT, Method, NoiseKind
+from engine.config import CertifyConfig, with_ceilings
 
 # request bounds (configurable settings, read once at start): every number a user sends has a ceiling
 LIMITS = get_settings()
-SEED_LIMIT = 1 << 64  # torch's generators take seeds below 2^64
-OpenUnit = Annotated[FiniteFloat, PydanticField(gt=0, lt=1)]
 ID_MAX = (1 << 31) - 1  # ids, indices and offsets fit the databases' 32-bit integer columns
 NAME_CHARS = 255
 
@@ -97,11 +95,6 @@ class ModelBase(SQLModel):
     mean: list[FiniteFloat] | None = Field(default=None, sa_type=JSON, max_length=3 * 512,
                                      description="per-channel normalisation")
     std: list[FiniteFloat] | None = Field(default=None, sa_type=JSON, max_length=3 * 512)
-    # what the model was trained for: the dashboard's certify form starts from them
-    dataset: str | None = Field(default=None, max_length=255,
-                                description="the dataset it was trained on (a dataset id from GET /datasets)")
-    sigma: FiniteFloat | None = Field(default=None, gt=0, le=100,
-                                      description="the training noise level on the [0, 1] pixel scale")
 
 
 class ModelCreate(ModelBase):
@@ -186,70 +179,20 @@ class DatasetsPublic(SQLModel):
 
 # -- jobs ---------------------------------------------------------------------------------------
 
-class JobConfig(SQLModel):
-    """The engine's certification settings (see ``SmoothedClassifier.certify``)."""
+# the engine's config with the service's ceilings (settings read once at start); every rule is the engine's
+_BoundedConfig = with_ceilings(CertifyConfig, "BoundedCertifyConfig", {
+    "k": (LIMITS.MAX_INPUT_ELEMENTS // 2, "MAX_INPUT_ELEMENTS / 2"),
+    "n0": (LIMITS.MAX_N0, "MAX_N0"),
+    "n": (LIMITS.MAX_N, "MAX_N"),
+    "batch_size": (LIMITS.MAX_BATCH_SIZE, "MAX_BATCH_SIZE"),
+    "pack": (LIMITS.MAX_PACK, "MAX_PACK"),
+})
 
-    method: Method = Method.np
-    noise: NoiseKind = NoiseKind.gaussian
-    k: int = Field(default=0, ge=0, le=LIMITS.MAX_INPUT_ELEMENTS // 2, description="generalized Gaussian exponent")
-    sigma: FiniteFloat = Field(default=0.25, gt=0, le=100,
-                         description="noise level on the [0, 1] pixel scale")
-    alpha: FiniteFloat = Field(default=0.001, gt=0, lt=1)
-    n0: int = Field(default=100, ge=1, le=LIMITS.MAX_N0, description="selection samples (MAX_N0)")
-    n: int = Field(default=100_000, ge=1, le=LIMITS.MAX_N,
-                   description="estimation samples (DSRS: over P and Q; ISS and sequential: maximum); at most MAX_N")
-    batch_size: int = Field(default=1000, ge=1, le=LIMITS.MAX_BATCH_SIZE)
-    pack: int = Field(default=1, ge=1, le=LIMITS.MAX_PACK,
-                      description="certify this many inputs together, their noisy copies sharing batches; "
-                                  "NP with fixed n or ISS only")
-    iss_delta: FiniteFloat | None = Field(default=None, gt=0, le=1e6,
-                                    description="ISS budget; None keeps n fixed")
-    iss_mode: Literal["absolute", "relative"] = "absolute"
-    sequential_delta: FiniteFloat | None = Field(
-        default=None, gt=0, le=1e6, description="anytime-valid sequential sampling (method np): draw n in growing looks and "
-                                        "stop once more samples cannot add more than this to the radius; None keeps n fixed")
-    q_sigma: FiniteFloat | None = Field(default=None, gt=0, le=100,
-                                  description="DSRS: Q is the same noise at this sigma")
-    q_threshold: OpenUnit | Literal["auto"] | None = Field(default=None, description="DSRS: truncated P as Q")
-    denoiser_id: int | None = Field(default=None, ge=1, le=ID_MAX)
-    bf16: bool = Field(default=False, description="run the model (and denoiser) in bfloat16: faster on GPUs and "
-                                                  "AVX512-BF16 CPUs; the certificate is for the bf16 model")
-    compile: bool = Field(default=False, description="run the model (with its denoiser) through torch.compile: pays on "
-                                                     "long runs, especially on GPUs; the first batch of each size "
-                                                     "waits for the compile. The certificates are those of the same "
-                                                     "function, up to floating-point rounding. PyTorch modules only "
-                                                     "(state_dict, safetensors and torch.export files); TorchScript "
-                                                     "and ONNX models are refused")
-    freeze: bool = Field(default=False, description="script the model (with its denoiser) and freeze it into one "
-                                                    "TorchScript graph optimised for inference (BatchNorm folded, "
-                                                    "weights prepacked for oneDNN): the fast path on CPU workers, "
-                                                    "ready at once. The certificates are those of the same function, "
-                                                    "up to floating-point rounding. State dict, safetensors and "
-                                                    "TorchScript files; not with compile")
-    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT,
-                             description="input i uses seed + i (below 2^64); with pack > 1, each group of inputs "
-                                         "uses seed + the group's first index")
 
-    @model_validator(mode="after")
-    def _consistent(self) -> JobConfig:
-        if self.iss_delta is not None and self.method is not Method.np:
-            raise ValueError("iss_delta (input-specific sampling) works with method np")
-        if self.sequential_delta is not None and self.method is not Method.np:
-            raise ValueError("sequential_delta (sequential sampling) works with method np")
-        if self.iss_delta is not None and self.sequential_delta is not None:
-            raise ValueError("choose one of iss_delta and sequential_delta")
-        # the engine packs NP certificates only, and a sequential schedule's looks go input by input
-        if self.pack > 1 and self.method is not Method.np:
-            raise ValueError("pack (inputs certified together) works with method np")
-        if self.pack > 1 and self.sequential_delta is not None:
-            raise ValueError("pack (inputs certified together) works with a fixed n or iss_delta, not sequential_delta")
-        if self.method is Method.dsrs and (self.q_sigma is None) == (self.q_threshold is None):
-            raise ValueError("method dsrs needs exactly one of q_sigma and q_threshold")
-        if self.freeze and self.compile:
-            raise ValueError(COMPILE_CONFLICT)
-        if self.noise is NoiseKind.gaussian and self.k:
-            raise ValueError("k is for general_gaussian noise")
-        return self
+class JobConfig(_BoundedConfig):
+    """The engine's certification settings (``engine.config.CertifyConfig``), within the server's limits."""
+
+    denoiser_id: int | None = PydanticField(default=None, ge=1, le=ID_MAX)
 
 
 class Subset(SQLModel):
@@ -384,9 +327,6 @@ class JobSummary(SQLModel):
     samples: int
     seconds: float
     samples_per_second: float | None
-    max_radius: float | None = Field(default=None, description=(
-        "the largest radius this job's N and alpha allow (every sample votes the top class); "
-        "NP with Gaussian noise only, else none"))
 
 
 class Message(SQLModel):

@@ -60,9 +60,8 @@ from backend.sandbox.process import (
 )
 from engine.data import ImageDataset
 from engine.hardware import native_bf16
-from engine.noise import make_noise
-from engine.schedule import SampleSchedule, make_schedule
-from engine.smooth import CertifyResult, SmoothedClassifier
+from engine.schedule import SampleSchedule
+from engine.smooth import CertifyResult, SmoothedClassifier, certify_group
 
 log = structlog.get_logger("kavach.worker")
 MODEL_CACHE_SIZE = 4
@@ -177,7 +176,7 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
         classes = session.get(Model, job.model_id).num_classes
         todo = [i for i in shard.indices if i not in stored]
     d = data.x[0].numel()
-    noise = make_noise(config.noise.value, config.sigma, k=config.k, d=d if config.k else None)
+    noise = config.make_noise(d)
     budget = shard_deadline(resources.settings, len(todo), config)
     deadline = time.monotonic() + budget
     lost = threading.Event()
@@ -186,19 +185,13 @@ def begin_shard(resources: Resources, task: ShardTask) -> ShardWork:
     voter = RemoteVoter(process, should_stop=lambda: lost.is_set() or time.monotonic() > deadline
                         or job_finished(task.job_id))
     smoothed = SmoothedClassifier(voter, classes, noise)
-    return ShardWork(lease, config, smoothed, data, sample_schedule(config), todo, deadline, budget, lost)
+    return ShardWork(lease, config, smoothed, data, config.make_schedule(), todo, deadline, budget, lost)
 
 
 def job_finished(job_id: int) -> bool:
     with Session(get_engine()) as session:
         job = session.get(Job, job_id)
         return job is None or job.state.finished
-
-
-def sample_schedule(c: JobConfig) -> SampleSchedule | None:
-    """The config's sample-size schedule, built as ``kavach certify`` builds it; None keeps n fixed."""
-    return make_schedule(c.sigma, c.n, c.alpha, c.batch_size, iss_delta=c.iss_delta, iss_mode=c.iss_mode,
-                         sequential_delta=c.sequential_delta)
 
 
 class ShardDeadline(Exception):
@@ -229,23 +222,11 @@ def store_rows(work: ShardWork, rows: list[ResultRow]) -> None:
             raise ShardStopped from None
 
 
-def certify_input(work: ShardWork, index: int) -> None:
-    """Certify one input and store its row at once."""
-    c = work.config
+def certify_inputs(work: ShardWork, group: list[int]) -> None:
+    """Certify one of the config's groups (one input unless ``pack`` > 1) as ``kavach certify`` does, and
+    store its rows at once, in one transaction."""
     check_going(work)
-    result = work.smoothed.certify(work.data.x[index], c.n0, c.n, c.alpha, c.batch_size, method=c.method.value,
-                                   schedule=work.schedule, q_sigma=c.q_sigma, q_threshold=c.q_threshold,
-                                   seed=None if c.seed is None else c.seed + index)
-    store_rows(work, [result_row(work, index, result)])
-
-
-def certify_group(work: ShardWork, group: list[int]) -> None:
-    """Certify a group of inputs together (their noisy copies share batches), as ``kavach certify --pack``
-    does: one seed for the group, seed + its first index; store the group's rows in one transaction."""
-    c = work.config
-    check_going(work)
-    results = work.smoothed.certify_many(work.data.x[group], c.n0, c.n, c.alpha, c.batch_size,
-                                         schedule=work.schedule, seed=None if c.seed is None else c.seed + group[0])
+    results = certify_group(work.smoothed, work.config, work.data.x[group], group[0], work.schedule)
     store_rows(work, [result_row(work, index, result) for index, result in zip(group, results, strict=True)])
 
 
@@ -289,15 +270,9 @@ async def certify_shard(ctx: dict[str, Any], task: dict[str, int]) -> dict[str, 
                                                     settings.SHARD_LEASE_SECONDS))
         log.info("shard started", job=shard_task.job_id, shard=shard_task.shard_id, todo=len(work.todo),
                  token=work.lease.token, attempt=work.lease.attempts)
-        if work.config.pack == 1:
-            for index in work.todo:
-                await asyncio.to_thread(certify_input, work, index)
-                done += 1
-        else:
-            pack = work.config.pack
-            for group in (work.todo[g:g + pack] for g in range(0, len(work.todo), pack)):
-                await asyncio.to_thread(certify_group, work, group)
-                done += len(group)
+        for group in work.config.groups(work.todo):
+            await asyncio.to_thread(certify_inputs, work, group)
+            done += len(group)
         await asyncio.to_thread(finish_shard, work.lease, ShardState.done)
     except (ShardStopped, VotesCancelled) as stop:
         if work is not None and time.monotonic() > work.deadline and not work.lost.is_set():

@@ -10,9 +10,11 @@ from typing import Annotated
 import numpy as np
 import torch
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from engine.config import CertifyConfig, explain
 from engine.data import load_dataset
 from engine.denoise import denoised_classifier
 from engine.hardware import native_bf16
@@ -25,18 +27,18 @@ from engine.metrics import (
 )
 from engine.models import UnsafeModelError, list_models, load_model
 from engine.models.loading import ExportedModel, OnnxModel
-from engine.noise import make_noise
 from engine.options import ISSMode, Method, NoiseKind
 from engine.progress import progress_bar
 from engine.sampling import model_dtype
-from engine.schedule import SequentialSchedule, make_schedule
-from engine.smooth import SmoothedClassifier
+from engine.smooth import SmoothedClassifier, certify_group
 from engine.train.cli import train_app
 
 app = typer.Typer(help="Certified robustness of image classifiers by randomized smoothing.", no_args_is_help=True,
                   add_completion=False)
 console = Console()
 progress_console = Console(stderr=True)
+DEFAULTS = CertifyConfig()  # the options' defaults are the service's: one config
+DEFAULT_ISS_MODE = ISSMode(DEFAULTS.iss_mode)
 
 
 @app.callback()
@@ -64,18 +66,13 @@ def select_indices(size: int, indices: str | None, stride: int, count: int | Non
     return chosen if count is None else chosen[:count]
 
 
-def parse_q_threshold(value: str | None) -> float | str | None:
-    if value is None or value == "auto":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise typer.BadParameter(f"--q-threshold must be a number in (0, 1) or 'auto', got {value!r}") from None
-
-
 def is_eager(model: torch.nn.Module) -> bool:
     """Python modules and exported programs take NHWC weights; TorchScript archives are left as saved."""
     return not isinstance(model, torch.jit.ScriptModule)
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 def fail(message: str) -> typer.Exit:
@@ -110,26 +107,26 @@ def certify(
     arch: Annotated[str | None, typer.Option(help="architecture for weights-only files (kavach models)")] = None,
     format: Annotated[str | None, typer.Option(help="torchscript|state_dict|safetensors|export")] = None,
     num_classes: Annotated[int | None, typer.Option(help="classes of --arch (default: its own)")] = None,
-    sigma: Annotated[float, typer.Option(help="noise level on the [0, 1] input scale")] = 0.25,
-    noise: Annotated[NoiseKind, typer.Option(help="smoothing distribution")] = NoiseKind.gaussian,
-    k: Annotated[int, typer.Option(help="generalized Gaussian exponent (d/2 - k > 0)")] = 0,
-    method: Annotated[Method, typer.Option(help="np (Cohen et al.) or dsrs (Li et al.)")] = Method.np,
+    sigma: Annotated[float, typer.Option(help="noise level on the [0, 1] input scale")] = DEFAULTS.sigma,
+    noise: Annotated[NoiseKind, typer.Option(help="smoothing distribution")] = DEFAULTS.noise,
+    k: Annotated[int, typer.Option(help="generalized Gaussian exponent (d/2 - k > 0)")] = DEFAULTS.k,
+    method: Annotated[Method, typer.Option(help="np (Cohen et al.) or dsrs (Li et al.)")] = DEFAULTS.method,
     q_sigma: Annotated[float | None, typer.Option(help="DSRS: Q is the same noise at this smaller sigma")] = None,
     q_threshold: Annotated[str | None, typer.Option(help="DSRS: Q is P truncated at this quantile, or auto")] = None,
-    n0: Annotated[int, typer.Option(help="selection samples")] = 100,
-    n: Annotated[int, typer.Option(help="estimation samples (DSRS: total over P and Q; ISS: maximum)")] = 100_000,
-    alpha: Annotated[float, typer.Option(help="failure probability")] = 0.001,
-    batch_size: Annotated[int, typer.Option(help="noisy copies per forward pass")] = 1000,
+    n0: Annotated[int, typer.Option(help="selection samples")] = DEFAULTS.n0,
+    n: Annotated[int, typer.Option(help="estimation samples (DSRS: total over P and Q; ISS: maximum)")] = DEFAULTS.n,
+    alpha: Annotated[float, typer.Option(help="failure probability")] = DEFAULTS.alpha,
+    batch_size: Annotated[int, typer.Option(help="noisy copies per forward pass")] = DEFAULTS.batch_size,
     iss_delta: Annotated[float | None, typer.Option(help="ISS: radius loss allowed against n samples")] = None,
-    iss_mode: Annotated[ISSMode, typer.Option(help="ISS: absolute or relative delta")] = ISSMode.absolute,
+    iss_mode: Annotated[ISSMode, typer.Option(help="ISS: absolute or relative delta")] = DEFAULT_ISS_MODE,
     sequential_delta: Annotated[float | None, typer.Option(
         help="anytime-valid sequential sampling: stop once n cannot add more than this radius")] = None,
-    pack: Annotated[int, typer.Option(min=1, help="certify this many inputs together, their noisy copies "
-                                                  "sharing batches (NP; fills the device for small inputs)")] = 1,
+    pack: Annotated[int, typer.Option(help="certify this many inputs together, their noisy copies sharing "
+                                           "batches (NP; fills the device for small inputs)")] = DEFAULTS.pack,
     indices: Annotated[str | None, typer.Option(help="inputs to certify, e.g. 0,5,10-19")] = None,
     stride: Annotated[int, typer.Option(min=1, help="every stride-th input")] = 1,
     count: Annotated[int | None, typer.Option(min=0, help="at most this many inputs")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed; input i uses seed + i")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed; input i uses seed + i (below 2^64)")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available)")] = None,
     channels_last: Annotated[bool, typer.Option(help="run convolutions in NHWC layout (faster on CPU and GPU)")] = True,
     bf16: Annotated[bool, typer.Option(help="run the model in bfloat16 (GPUs from Ampere on, CPUs with AVX512-BF16, "
@@ -157,6 +154,13 @@ def certify(
         if not native:
             raise fail(f"--bf16 would be slower than fp32 on {device}: {why}. Leave it out, or pass --force-bf16 "
                        "to certify the bf16 model anyway")
+    try:  # every rule of the config is checked before a model is loaded
+        config = CertifyConfig(method=method, noise=noise, k=k, sigma=sigma, alpha=alpha, n0=n0, n=n,
+                               batch_size=batch_size, pack=pack, iss_delta=iss_delta, iss_mode=iss_mode.value,
+                               sequential_delta=sequential_delta, q_sigma=q_sigma, q_threshold=q_threshold,
+                               bf16=bf16, compile=compile, freeze=freeze, seed=seed)
+    except ValidationError as error:
+        raise fail(explain(error, option_name)) from None
     arch_kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
         data = load_dataset(dataset, split=split)
@@ -168,9 +172,9 @@ def certify(
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
         raise fail(str(error)) from None
     picks = select_indices(len(data.x), indices, stride, count)
-    d = data.x[0].numel()
     try:
-        smoothing = make_noise(noise.value, sigma, k=k, d=d if k else None)
+        smoothing = config.make_noise(data.x[0].numel())
+        config.input_seed(max(picks, default=0))  # the last input's seed must exist
     except ValueError as error:
         raise fail(str(error)) from None
     try:
@@ -191,31 +195,15 @@ def certify(
         raise fail(str(error)) from None
     if bf16 and model_dtype(net) != torch.bfloat16:
         raise fail("--bf16 needs a model with floating-point weights to convert (this format fixes its precision)")
-    schedule = None
-    if iss_delta is not None or sequential_delta is not None:
-        if method is not Method.np:
-            raise fail("--iss-delta and --sequential-delta (sample-size schedules) work with --method np")
-        if iss_delta is not None and sequential_delta is not None:
-            raise fail("choose one of --iss-delta and --sequential-delta")
-        schedule = make_schedule(sigma, n, alpha, batch_size, iss_delta=iss_delta, iss_mode=iss_mode.value,
-                                 sequential_delta=sequential_delta)
-    q_t = parse_q_threshold(q_threshold)
-    if pack > 1 and (method is not Method.np or isinstance(schedule, SequentialSchedule)):
-        raise fail("--pack works with --method np and a fixed or ISS sample size")
+    schedule = config.make_schedule()
     rows: list[dict] = []
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as sink, progress_bar("certifying", console=progress_console) as progress:
         task = progress.add_task("certify", total=len(picks), status="")
-        for group in (picks[g:g + pack] for g in range(0, len(picks), pack)):
-            group_seed = None if seed is None else seed + group[0]
+        for group in config.groups(picks):
             try:
-                if pack > 1:  # the noisy copies of several inputs share each batch
-                    results = smoothed.certify_many(data.x[group], n0, n, alpha, batch_size, schedule=schedule,
-                                                    seed=group_seed)
-                else:
-                    results = [smoothed.certify(data.x[group[0]], n0, n, alpha, batch_size, method=method.value,
-                                                schedule=schedule, q_sigma=q_sigma, q_threshold=q_t, seed=group_seed)]
+                results = certify_group(smoothed, config, data.x[group], group[0], schedule)
             except ValueError as error:
                 raise fail(str(error)) from None
             for i, result in zip(group, results, strict=True):

@@ -177,14 +177,3 @@ class SequentialSchedule:
         best = float(np_radius_at_rate(np.float64(p_upper), np.float64(self.n_max), self.sigma, self.look_alpha()))
         return now >= best - self.delta
 
-
-def make_schedule(sigma: float, n: int, alpha: float, batch_size: int, *, iss_delta: float | None = None,
-                  iss_mode: Mode = "absolute", sequential_delta: float | None = None) -> ISSSchedule | SequentialSchedule | None:
-    """The schedule a certification config names (CLI and service alike); None keeps n fixed."""
-    if iss_delta is not None and sequential_delta is not None:
-        raise ValueError("choose one of iss_delta and sequential_delta")
-    if iss_delta is not None:
-        return ISSSchedule(sigma, n, alpha, delta=iss_delta, mode=iss_mode, batch_size=batch_size)
-    if sequential_delta is not None:
-        return SequentialSchedule(sigma, n, alpha, delta=sequential_delta, first=min(n, batch_size), batch_size=batch_size)
-    return None

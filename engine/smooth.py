@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -27,6 +27,9 @@ from engine.options import COMPILE_CONFLICT
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
 from engine.sampling import Classifier, ModelVoter, Voter, model_dtype
 from engine.schedule import SampleSchedule, SequentialSchedule
+
+if TYPE_CHECKING:
+    from engine.config import CertifyConfig
 
 ABSTAIN = -1
 Method = Literal["np", "dsrs"]
@@ -306,3 +309,18 @@ class SmoothedClassifier:
                              sigma=self.noise.sigma, q_sigma=sigma_q, q_threshold=threshold)
         return CertifyResult(prediction=c_a, radius=float(radius), p_lower=p_lower, p_upper=p_upper,
                              q_lower=q_lower, q_upper=q_upper, samples=n0 + n, seconds=0.0, method="dsrs")
+
+
+def certify_group(smoothed: SmoothedClassifier, config: CertifyConfig, xs: torch.Tensor, first: int,
+                  schedule: SampleSchedule | None) -> list[CertifyResult]:
+    """Certify one of ``config.groups``: inputs ``xs`` (m, C, H, W) whose first is the input at index ``first``.
+
+    With ``pack`` 1 the input goes through ``certify``; else the group, even a last one of one input, goes
+    through ``certify_many`` (their noisy copies sharing batches). Seeded by ``config.input_seed(first)``:
+    ``kavach certify`` and the worker both run this, so their certificates agree.
+    """
+    c, seed = config, config.input_seed(first)
+    if c.pack > 1:
+        return smoothed.certify_many(xs, c.n0, c.n, c.alpha, c.batch_size, schedule=schedule, seed=seed)
+    return [smoothed.certify(xs[0], c.n0, c.n, c.alpha, c.batch_size, method=c.method.value, schedule=schedule,
+                             q_sigma=c.q_sigma, q_threshold=c.q_threshold, seed=seed)]

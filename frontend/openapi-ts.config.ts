@@ -4,5 +4,5 @@ import { defineConfig } from '@hey-api/openapi-ts';
 export default defineConfig({
   input: '../openapi.json',
   output: 'src/client',
-  plugins: ['@hey-api/client-fetch', '@tanstack/react-query'],
+  plugins: ['@hey-api/client-fetch', '@tanstack/react-query', '@hey-api/schemas'],
 });

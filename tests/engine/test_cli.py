@@ -201,7 +201,7 @@ def test_packed_certification_writes_the_same_rows_in_order(tmp_path, exported_m
     assert all(r["samples"] == 1050 and r["label"] == int(labels[r["index"]]) for r in rows)
     assert sum(r["correct"] for r in rows) >= 8
     result = runner.invoke(app, [*common, "--pack", "4", "--method", "dsrs", "--q-sigma", "0.2", "--out", str(out)])
-    assert result.exit_code == 2 and "--pack works with --method np" in result.output
+    assert result.exit_code == 2 and "pack (inputs certified together) works with method np" in result.output
 
 
 def test_bf16_certifies_the_bf16_model_and_says_so(tmp_path, monkeypatch):

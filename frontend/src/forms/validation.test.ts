@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { JobConfigSchema } from '../client/schemas.gen';
 import {
-  defaultConfigValues, defaultModelValues, fieldErrorsFrom422, jobCreate, modelMetadata, parseShape, validateConfig,
-  validateModel,
+  boundsOf, boundsText, configBounds, defaultConfigValues, defaultModelValues, fieldErrorsFrom422, jobCreate,
+  modelMetadata, parseShape, validateConfig, validateModel, withinBounds,
 } from './validation';
 
 const file = new File(['x'], 'cnn.pt');
@@ -104,6 +105,38 @@ describe('validateConfig', () => {
       .toMatchObject({ compile: true, freeze: false, bf16: true });
     expect(jobCreate(1, { ...defaultConfigValues, graph: 'freeze' }).config)
       .toMatchObject({ compile: false, freeze: true, bf16: false });
+  });
+});
+
+describe('the config bounds come from the API schema', () => {
+  it('reads each bound from openapi.json, the number branch of an optional field included', () => {
+    expect(configBounds.n.maximum).toBe(JobConfigSchema.properties.n.maximum);
+    expect(configBounds.pack).toEqual({ integer: true, minimum: 1, maximum: JobConfigSchema.properties.pack.maximum,
+      exclusiveMinimum: undefined, exclusiveMaximum: undefined });
+    expect(boundsOf(JobConfigSchema.properties.q_sigma)).toMatchObject({ integer: false, exclusiveMinimum: 0, maximum: 100 });
+    expect(configBounds.alpha).toMatchObject({ exclusiveMinimum: 0, exclusiveMaximum: 1 });
+  });
+  it('refuses just past each ceiling and accepts it', () => {
+    for (const [field, key] of [['n', 'n'], ['n0', 'n0'], ['batch_size', 'batch_size']] as const) {
+      const max = configBounds[key].maximum!;
+      expect(validateConfig({ ...defaultConfigValues, [field]: String(max) })[field]).toBeUndefined();
+      expect(validateConfig({ ...defaultConfigValues, [field]: String(max + 1) })[field]).toMatch(`to ${max}`);
+    }
+    expect(validateConfig({ ...defaultConfigValues, sigma: '100.5' }).sigma).toMatch(/≤ 100/);
+  });
+  it('states bounds in words and checks them', () => {
+    expect(boundsText({ integer: false, exclusiveMinimum: 0, maximum: 100 })).toBe('a number > 0 and ≤ 100');
+    expect(boundsText({ integer: true, minimum: 1, maximum: 8 })).toBe('a whole number from 1 to 8');
+    expect(withinBounds(0.5, configBounds.alpha)).toBe(true);
+    expect(withinBounds(1, configBounds.alpha)).toBe(false);
+    expect(withinBounds(2.5, configBounds.pack)).toBe(false);
+  });
+  it('mirrors the engine rules between fields: Q narrower than P, k at least 1 for generalized Gaussian noise', () => {
+    const dsrs = { ...defaultConfigValues, method: 'dsrs' as const };
+    expect(validateConfig({ ...dsrs, q_sigma: '0.25' }).q_sigma).toMatch(/below sigma/);
+    expect(validateConfig({ ...dsrs, q_sigma: '0.2' })).toEqual({});
+    expect(validateConfig({ ...defaultConfigValues, noise: 'general_gaussian', k: '0' }).k).toMatch(/k ≥ 1/);
+    expect(validateConfig({ ...defaultConfigValues, noise: 'general_gaussian', k: '2' })).toEqual({});
   });
 });
 

@@ -1,6 +1,9 @@
 // Client-side checks mirror the API's schema (openapi.json) so most mistakes never leave the browser;
 // the API's own 422 messages are mapped back onto the same field names by `fieldErrorsFrom422`.
-import type { JobConfig, JobCreate, ModelKind } from '../client/types.gen';
+// The certification config's bounds are read from the generated schema (engine/config.py's CertifyConfig
+// within the server's limits), never written here; the rules between fields mirror CertifyConfig's.
+import { JobConfigSchema, SubsetSchema } from '../client/schemas.gen';
+import type { JobConfig, JobCreate, Method, ModelKind, NoiseKind } from '../client/types.gen';
 
 export type Errors = Partial<Record<string, string>>;
 
@@ -20,8 +23,8 @@ export interface ModelValues {
 export interface ConfigValues {
   dataset: string;
   count: string;
-  method: 'np' | 'dsrs';
-  noise: 'gaussian' | 'general_gaussian';
+  method: Method;
+  noise: NoiseKind;
   k: string;
   q_sigma: string;
   sigma: string;
@@ -54,7 +57,59 @@ function positiveInt(errors: Errors, field: string, value: string, label: string
   if (!isInt(value) || Number(value) < min) errors[field] = `${label} must be a whole number ≥ ${min}`;
 }
 
-const MAX_PACK = 1024; // the API's limit on inputs certified together
+/** A number field's bounds as a JSON schema states them. */
+export interface Bounds {
+  integer: boolean;
+  minimum?: number;
+  maximum?: number;
+  exclusiveMinimum?: number;
+  exclusiveMaximum?: number;
+}
+
+interface SchemaNode extends Partial<Omit<Bounds, 'integer'>> {
+  type?: string;
+  anyOf?: readonly SchemaNode[];
+}
+
+/** The bounds of a property; of an optional one (`anyOf` with null), those of its number branch. */
+export function boundsOf(property: SchemaNode): Bounds {
+  const node = property.anyOf?.find((branch) => branch.type === 'integer' || branch.type === 'number') ?? property;
+  const { minimum, maximum, exclusiveMinimum, exclusiveMaximum } = node;
+  return { integer: node.type === 'integer', minimum, maximum, exclusiveMinimum, exclusiveMaximum };
+}
+
+const config = JobConfigSchema.properties;
+/** The API's bounds on the config fields the form edits, from openapi.json. */
+export const configBounds = {
+  k: boundsOf(config.k), sigma: boundsOf(config.sigma), alpha: boundsOf(config.alpha), n: boundsOf(config.n),
+  n0: boundsOf(config.n0), batch_size: boundsOf(config.batch_size), pack: boundsOf(config.pack),
+  iss_delta: boundsOf(config.iss_delta), sequential_delta: boundsOf(config.sequential_delta),
+  q_sigma: boundsOf(config.q_sigma), count: boundsOf(SubsetSchema.properties.count),
+};
+
+export function withinBounds(value: number, b: Bounds): boolean {
+  return Number.isFinite(value) && (!b.integer || Number.isInteger(value))
+    && (b.minimum === undefined || value >= b.minimum) && (b.maximum === undefined || value <= b.maximum)
+    && (b.exclusiveMinimum === undefined || value > b.exclusiveMinimum)
+    && (b.exclusiveMaximum === undefined || value < b.exclusiveMaximum);
+}
+
+/** "a whole number from 1 to 1024", "a number > 0 and ≤ 100" */
+export function boundsText(b: Bounds): string {
+  if (b.integer && b.minimum !== undefined && b.maximum !== undefined) return `a whole number from ${b.minimum} to ${b.maximum}`;
+  const limits = [
+    b.exclusiveMinimum !== undefined ? `> ${b.exclusiveMinimum}` : b.minimum !== undefined ? `≥ ${b.minimum}` : '',
+    b.exclusiveMaximum !== undefined ? `< ${b.exclusiveMaximum}` : b.maximum !== undefined ? `≤ ${b.maximum}` : '',
+  ].filter(Boolean);
+  return `${b.integer ? 'a whole number' : 'a number'} ${limits.join(' and ')}`;
+}
+
+/** Checks a field against the schema's bounds; `tail` adds what an empty field means. */
+function checkBounds(errors: Errors, field: keyof typeof configBounds, value: string, label: string, tail = '') {
+  const b = configBounds[field];
+  const number = b.integer ? (isInt(value) ? Number(value) : NaN) : isNum(value) ? Number(value) : NaN;
+  if (!withinBounds(number, b)) errors[field] = `${label} must be ${boundsText(b)}${tail}`;
+}
 
 export function parseShape(text: string): number[] | null {
   const parts = text.split(/[,x×\s]+/).filter(Boolean);
@@ -82,26 +137,30 @@ export function validateModel(v: ModelValues): Errors {
 export function validateConfig(v: ConfigValues): Errors {
   const errors: Errors = {};
   if (!v.dataset) errors.dataset = 'choose a dataset';
-  if (v.count.trim() !== '') positiveInt(errors, 'count', v.count, 'count');
-  if (!isNum(v.sigma) || Number(v.sigma) <= 0) errors.sigma = 'sigma must be a number > 0';
-  if (!isNum(v.alpha) || Number(v.alpha) <= 0 || Number(v.alpha) >= 1) errors.alpha = 'alpha must lie in (0, 1)';
-  positiveInt(errors, 'n', v.n, 'N');
-  positiveInt(errors, 'n0', v.n0, 'n0');
-  positiveInt(errors, 'batch_size', v.batch_size, 'batch size');
-  if (v.noise === 'general_gaussian') positiveInt(errors, 'k', v.k, 'k', 0);
-  if (v.method === 'dsrs' && (!isNum(v.q_sigma) || Number(v.q_sigma) <= 0))
-    errors.q_sigma = "DSRS needs Q's sigma > 0";
-  if (v.method !== 'np') return errors; // sample-size schedules are for NP only, and not sent otherwise
-  if (v.iss_delta.trim() !== '' && (!isNum(v.iss_delta) || Number(v.iss_delta) <= 0))
-    errors.iss_delta = 'ISS budget must be a number > 0 (empty: fixed N)';
-  if (v.sequential_delta.trim() !== '' && (!isNum(v.sequential_delta) || Number(v.sequential_delta) <= 0))
-    errors.sequential_delta = 'sequential delta must be a number > 0 (empty: fixed N)';
-  else if (v.sequential_delta.trim() !== '' && v.iss_delta.trim() !== '')
+  if (v.count.trim() !== '') checkBounds(errors, 'count', v.count, 'count');
+  checkBounds(errors, 'sigma', v.sigma, 'sigma');
+  checkBounds(errors, 'alpha', v.alpha, 'alpha');
+  checkBounds(errors, 'n', v.n, 'N');
+  checkBounds(errors, 'n0', v.n0, 'n0');
+  checkBounds(errors, 'batch_size', v.batch_size, 'batch size');
+  if (v.noise === 'general_gaussian') {
+    checkBounds(errors, 'k', v.k, 'k');
+    if (!errors.k && Number(v.k) < 1) errors.k = 'generalized Gaussian noise needs k ≥ 1';
+  }
+  if (v.method === 'dsrs') {
+    checkBounds(errors, 'q_sigma', v.q_sigma, "Q's sigma");
+    if (!errors.q_sigma && !errors.sigma && Number(v.q_sigma) >= Number(v.sigma))
+      errors.q_sigma = "Q's sigma must be below sigma: Q is the narrower noise";
+  }
+  if (v.method !== 'np') return errors; // sample-size schedules and packing are for NP only, and not sent otherwise
+  if (v.iss_delta.trim() !== '') checkBounds(errors, 'iss_delta', v.iss_delta, 'ISS budget', ' (empty: fixed N)');
+  if (v.sequential_delta.trim() !== '')
+    checkBounds(errors, 'sequential_delta', v.sequential_delta, 'sequential delta', ' (empty: fixed N)');
+  if (!errors.sequential_delta && v.sequential_delta.trim() !== '' && v.iss_delta.trim() !== '')
     errors.sequential_delta = 'choose one of ISS budget and sequential delta';
   if (v.pack.trim() === '') return errors;
-  if (!isInt(v.pack) || Number(v.pack) < 1 || Number(v.pack) > MAX_PACK)
-    errors.pack = `pack must be a whole number from 1 to ${MAX_PACK} (empty: 1)`;
-  else if (Number(v.pack) > 1 && v.sequential_delta.trim() !== '') // the sequential looks go input by input
+  checkBounds(errors, 'pack', v.pack, 'pack', ' (empty: 1)');
+  if (!errors.pack && Number(v.pack) > 1 && v.sequential_delta.trim() !== '') // the sequential looks go input by input
     errors.pack = 'pack works with a fixed N or an ISS budget, not a sequential delta';
   return errors;
 }
