@@ -406,6 +406,7 @@ class Verdict:
     upper: float
     cells: int
     rounds: int
+    lam: tuple[float, float] = (math.nan, math.nan)  # the multipliers of the last round's restricted LP
 
     @property
     def certified(self) -> bool:
@@ -440,4 +441,4 @@ def verify(pr: Problem, rounds: int = 40, max_cells: int = 400_000, gap: float =
         chosen = np.zeros(len(cells.p), dtype=bool)
         chosen[order[:n_split]] = True
         cells = Cells.join([cells.take(~chosen), split(pr, cells.take(chosen))])
-    return Verdict(lower=lower, upper=upper, cells=len(cells.p), rounds=rnd)
+    return Verdict(lower=lower, upper=upper, cells=len(cells.p), rounds=rnd, lam=lam)

@@ -1,0 +1,45 @@
+"""The per-row table of docs/dsrs-verification.md: our radius, the published one, and the LP verifier.
+
+Run: python3 -m bench.dsrs_verification [--at-ours-rounds N] > bench/results/dsrs_verification.md
+For each row of tests/data/dsrs_verify/rows.csv: our radius (live), the published radius, the verifier's
+lower bound on min P_delta(A) at our radius minus 1e-3 (what the tests require above 1/2), and its
+bracket [lower, upper] at our radius itself after N refinement rounds, with the multipliers
+(lam1, lam2) of the optimum it found there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from tests.verifier.lp_verifier import verify
+from tests.verifier.test_lp_verifier import ROWS, SLACK, our_radius, problem
+
+
+def setting(row: dict) -> str:
+    q = {"sigma": f"Q sigma {row['q_param']}", "threshold": f"Q trunc {row['q_param']}", "none": "NP"}[row["q_kind"]]
+    return f"GG({row['d']}, {row['k']}, {row['sigma']}), {q}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--at-ours-rounds", type=int, default=8)
+    args = parser.parse_args()
+    print("| dataset | source, index | setting | [pL, pU] | [qL, qU] | ours | published | "
+          f"verifier min at ours - {SLACK:g} | verifier bracket at ours | (lam1, lam2) at ours | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in ROWS:
+        start = time.perf_counter()
+        ours = our_radius(row)
+        below = verify(problem(row, ours - SLACK))
+        at = verify(problem(row, ours), rounds=args.at_ours_rounds)
+        q = "-" if row["q_kind"] == "none" else f"[{float(row['q_lower']):.5f}, {float(row['q_upper']):.5f}]"
+        published = f"{float(row['published']):.5f}" if row["published"] else "n/a"
+        print(f"| {row['dataset']} | {row['source']} {row['index']} | {setting(row)} | "
+              f"[{float(row['p_lower']):.5f}, {float(row['p_upper']):.5f}] | {q} | {ours:.5f} | {published} | "
+              f"{below.lower:.7f} | [{at.lower:.7f}, {at.upper:.7f}] | ({at.lam[0]:.3g}, {at.lam[1]:.3g}) | "
+              f"{time.perf_counter() - start:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
