@@ -1,17 +1,33 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_WORKERS ?= 2
+TORCH_VERSION := 2.14.1
+TORCHVISION_VERSION := 0.29.1
 
-.PHONY: install test test-services bench fuzz load lint run openapi frontend test-frontend test-e2e results demo-models
+.PHONY: install system-deps test test-services bench fuzz load lint run openapi frontend test-frontend test-e2e \
+	results demo-models
 
+# Install and build steps run only when their inputs changed: a stamp (or the build's own output) newer
+# than its inputs means done. The install stamp is trusted only while scripts/python_env_ok.py finds this
+# checkout and its requirements installed in $(PYTHON) (a deleted venv or another PYTHON reinstalls).
+INSTALL_STAMP := .stamps/install-torch-$(TORCH_VERSION)-torchvision-$(TORCHVISION_VERSION)
 install:
-	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[dev,web,plots]'
+	@$(PYTHON) scripts/python_env_ok.py 2>/dev/null || rm -f $(INSTALL_STAMP)
+	@$(MAKE) --no-print-directory $(INSTALL_STAMP)
 
-# KAVACH_E2E=1: the dashboard's browser tests (tests/e2e) run too; they need `make frontend` and /usr/bin/chromium
-test: install frontend
+$(INSTALL_STAMP): pyproject.toml
+	$(PIP) install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION)
+	$(PIP) install -q -e '.[dev,web,plots]'
+	@mkdir -p $(@D) && rm -f .stamps/install-* && touch $@
+
+# chromium and dataset-fashion-mnist from apt when missing (sudo when not root); Node.js >= 20 checked
+system-deps:
+	scripts/install_system_deps.sh
+
+# KAVACH_E2E=1: the dashboard's browser tests (tests/e2e) run too, on Debian's /usr/bin/chromium
+test: system-deps install frontend
 	cd frontend && npm test
-	KAVACH_E2E=1 $(PYTHON) -m pytest -q -n $(PYTEST_WORKERS) tests
+	KAVACH_E2E=1 $(PYTHON) -m pytest -q -rs -n $(PYTEST_WORKERS) tests
 
 # the storage and queue tests against real servers (CI has PostgreSQL and Redis on loopback)
 TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
@@ -54,12 +70,25 @@ lint:
 	$(PYTHON) -m ruff check engine backend tests bench
 
 # the dashboard: node deps from package-lock.json, the API client generated from openapi.json, then frontend/dist
-frontend:
-	cd frontend && npm ci --no-audit --no-fund && npm run generate && npm run build
+FRONTEND_SOURCES := $(shell find frontend/src -type f -not -path 'frontend/src/client/*' 2>/dev/null) \
+	frontend/index.html frontend/package.json frontend/tsconfig.json frontend/vite.config.ts
+frontend: frontend/dist/index.html
+
+frontend/node_modules/.stamp: frontend/package-lock.json frontend/package.json
+	cd frontend && npm ci --no-audit --no-fund
+	touch $@
+
+frontend/src/client/index.ts: openapi.json frontend/openapi-ts.config.ts frontend/node_modules/.stamp
+	cd frontend && npm run generate
+	touch $@
+
+frontend/dist/index.html: $(FRONTEND_SOURCES) frontend/src/client/index.ts frontend/node_modules/.stamp
+	cd frontend && npm run build
+	touch $@
 
 # Vitest component tests, then the browser tests (Debian's chromium) against a real API and worker
 test-frontend: frontend
 	cd frontend && npm test
 
-test-e2e: install frontend
+test-e2e: system-deps install frontend
 	KAVACH_E2E=1 $(PYTHON) -m pytest -q -p no:xdist tests/e2e
