@@ -18,7 +18,7 @@ const context = await chromium.launchPersistentContext(profile, {
   // without the background-networking flags chromium's own connections are refused in a closed network
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
     '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1280, height: 860 },
+  viewport: { width: 1400, height: 900 }, // the size of the issue's walk through the dashboard
 });
 const page = context.pages()[0] ?? (await context.newPage());
 page.setDefaultTimeout(30_000);
@@ -26,6 +26,24 @@ const errors = [];
 page.on('pageerror', (e) => errors.push(String(e)));
 const shot = (name, fullPage = true) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage });
 const step = (text) => console.log(`- ${text}`);
+const requests = [];
+page.on('request', (r) => requests.push(r.url()));
+// the dashboard's rounding of a certified figure: down, never up (frontend/src/format.ts)
+const floorFixed = (v, digits = 3) => (Math.floor(v * 10 ** digits + 1e-9) / 10 ** digits).toFixed(digits);
+const api = async (route) =>
+  (await page.request.get(`${url}/api/v1${route}`, { headers: { Authorization: `Bearer ${token}` } })).json();
+const rowsShown = () => page.locator('[data-testid=results-table] tbody tr');
+
+/** The not-found page, still there a moment later (no flipping back to loading), with its way back. */
+async function expectNotFound(hash) {
+  await page.goto(`${url}/#${hash}`);
+  await page.getByTestId('not-found').waitFor();
+  await page.waitForTimeout(2500);
+  assert.ok(await page.getByTestId('not-found').isVisible(), `${hash}: the not-found page stays`);
+  assert.equal(await page.getByText(/Loading/).count(), 0, `${hash}: no loading text`);
+  assert.equal(await page.locator('#f-sigma').count(), 0, `${hash}: no usable form`);
+  await page.getByRole('link', { name: '← Back to the models' }).waitFor();
+}
 
 async function certifyFromForm({ count, sigma, n = 2000 }) {
   await page.fill('#f-count', String(count));
@@ -44,6 +62,27 @@ async function watchJob(total) {
   await page.getByTestId('job-state').filter({ hasText: 'done' }).waitFor({ timeout: TIMEOUT });
   assert.equal(await page.getByRole('progressbar').getAttribute('aria-valuenow'), '100');
   return id;
+}
+
+/** On a job page: each choice of the outcome filter shows exactly the API's rows of those outcomes. */
+async function checkFilter(apiRows) {
+  const expected = {
+    wrong: apiRows.filter((r) => r.prediction >= 0 && !r.correct).length,
+    abstain: apiRows.filter((r) => r.prediction < 0).length,
+    correct: apiRows.filter((r) => r.correct).length,
+  };
+  console.log(`  outcomes: ${JSON.stringify(expected)}`);
+  for (const [choice, outcomes, count] of [['failures', ['wrong', 'abstain'], expected.wrong + expected.abstain],
+    ['wrong', ['wrong'], expected.wrong], ['abstain', ['abstain'], expected.abstain], ['correct', ['correct'], expected.correct]]) {
+    await page.getByTestId('outcome-filter').selectOption(choice);
+    await page.getByText(`(${count} inputs)`).waitFor();
+    assert.equal(await rowsShown().count(), count, `${choice}: ${count} rows`);
+    for (const o of await rowsShown().evaluateAll((trs) => trs.map((tr) => tr.dataset.outcome)))
+      assert.ok(outcomes.includes(o), `${choice} shows a ${o} row`);
+  }
+  await page.getByTestId('outcome-filter').selectOption('all');
+  assert.equal(await rowsShown().count(), apiRows.length);
+  return expected;
 }
 
 try {
@@ -111,12 +150,36 @@ try {
   assert.equal(download.suggestedFilename(), `job-${first}-results.csv`);
   await shot('06-job-done');
 
+  step('radii in the table are the API\'s rounded down (0.79964 reads 0.799, never 0.800)');
+  const apiRows = (await api(`/jobs/${first}/results?limit=100`)).data;
+  const byIndex = new Map(apiRows.map((r) => [r.index, r]));
+  for (const tr of await rowsShown().all()) {
+    const index = Number((await tr.locator('td').nth(0).textContent()).trim());
+    const shown = (await tr.locator('td').nth(3).textContent()).trim();
+    assert.equal(shown, floorFixed(byIndex.get(index).radius), `input ${index}: radius ${byIndex.get(index).radius}`);
+    assert.ok(Number(shown) <= byIndex.get(index).radius, 'never above the certificate');
+  }
+  const summary = await api(`/jobs/${first}/summary`);
+  await page.getByTestId('summary').getByText(floorFixed(summary.acr), { exact: true }).first().waitFor();
+  assert.ok(summary.max_radius > 0);
+  await page.getByTestId('max-radius').getByText(floorFixed(summary.max_radius)).waitFor();
+
+  step('the wrong/abstained filter shows exactly the failures the API reports');
+  await checkFilter(apiRows);
+
   step('the models list shows the latest result; Certify from the row starts a second job');
   await page.getByRole('link', { name: 'Models', exact: true }).click();
   const row = page.locator('tr[data-model="digits-cnn"]');
   await row.getByRole('link', { name: `job #${first}` }).waitFor();
   await page.waitForFunction(() => !document.querySelector('tr[data-model="digits-cnn"]').textContent.includes('…'));
   await shot('07-models');
+  step('at 1400 px the Certify button is on screen, not behind a horizontal scroll; the dataset is listed');
+  const certifyBox = await row.getByRole('link', { name: 'Certify' }).boundingBox();
+  const wrapBox = await page.locator('.table-wrap').first().boundingBox();
+  assert.ok(certifyBox.x >= wrapBox.x && certifyBox.x + certifyBox.width <= wrapBox.x + wrapBox.width,
+    `Certify at ${JSON.stringify(certifyBox)} lies inside the table's visible box ${JSON.stringify(wrapBox)}`);
+  assert.ok(certifyBox.x + certifyBox.width <= 1400 && certifyBox.y + certifyBox.height <= 900, 'inside the window');
+  assert.equal((await row.getByTestId('model-dataset').textContent()).trim(), 'digits');
   await row.getByRole('link', { name: 'Certify' }).click();
   await page.getByRole('heading', { name: 'Certify digits-cnn' }).waitFor();
   await certifyFromForm({ count: 12, sigma: 0.5 });
@@ -166,8 +229,6 @@ try {
   await page.selectOption('#f-denoiser_id', { label: 'drunet-small' });
   await page.click('button[type=submit]');
   const denoised = await watchJob(5);
-  const api = async (route) =>
-    (await page.request.get(`${url}/api/v1${route}`, { headers: { Authorization: `Bearer ${token}` } })).json();
   const drunet = (await api('/models')).data.find((m) => m.name === 'drunet-small');
   assert.equal(drunet.kind, 'denoiser');
   assert.equal(drunet.num_classes, null);
@@ -176,15 +237,68 @@ try {
   await page.locator('[data-testid=results-table] tbody tr').nth(4).waitFor();
   assert.equal(await page.locator('[data-testid=results-table] tbody tr').count(), 5);
   await shot('10-job-denoised');
+  // a random DRUNet in front of the CNN makes failures: the filter must find each of them
+  const denoisedOutcomes = await checkFilter((await api(`/jobs/${denoised}/results?limit=100`)).data);
+  await page.getByTestId('outcome-filter').selectOption('failures');
+  await shot('10b-job-failures');
+  await page.getByTestId('outcome-filter').selectOption('all');
+  assert.ok(denoisedOutcomes.wrong + denoisedOutcomes.abstain + denoisedOutcomes.correct === 5);
+
+  step('the certify form starts from the model: its dataset, its sigma, only denoisers of its input shape');
+  const register = async (file, name, metadata) => {
+    const response = await page.request.post(`${url}/api/v1/models`, {
+      headers: { Authorization: `Bearer ${token}` },
+      multipart: { file: { name: path.basename(file), mimeType: 'application/octet-stream', buffer: (await import('node:fs')).readFileSync(file) },
+        metadata: JSON.stringify({ name, ...metadata }) },
+    });
+    assert.equal(response.status(), 201, await response.text());
+    return (await response.json()).id;
+  };
+  const half = await register(modelFile, 'digits-cnn-0.5', { input_shape: [1, 8, 8], num_classes: 10, dataset: 'digits', sigma: 0.5 });
+  await register(denoiserFile, 'drunet-16', { kind: 'denoiser', input_shape: [1, 16, 16] });
+  await page.goto(`${url}/#/models/${half}/certify`);
+  await page.getByRole('heading', { name: 'Certify digits-cnn-0.5' }).waitFor();
+  assert.equal(await page.inputValue('#f-sigma'), '0.5', 'the model\'s sigma, not 0.25');
+  assert.equal(await page.inputValue('#f-dataset'), 'digits');
+  await page.locator('#f-denoiser_id option', { hasText: 'drunet-small' }).waitFor({ state: 'attached' });
+  assert.equal(await page.locator('#f-denoiser_id option', { hasText: 'drunet-16' }).count(), 0, 'a 16x16 denoiser is not offered to an 8x8 model');
+  const cnn = (await api('/models')).data.find((m) => m.name === 'digits-cnn');
+  assert.equal(cnn.sigma, 0.25);
+  assert.equal(cnn.dataset, 'digits');
+  await page.goto(`${url}/#/models/${cnn.id}/certify`);
+  await page.getByRole('heading', { name: 'Certify digits-cnn' }).waitFor();
+  assert.equal(await page.inputValue('#f-sigma'), '0.25', 'the model added through the form keeps its certification\'s sigma');
+  await shot('11-certify-defaults');
+
+  step('not-found pages: a missing job, a job id that is not a number, a missing model');
+  await expectNotFound('/jobs/99999');
+  requests.length = 0;
+  await expectNotFound('/jobs/abc');
+  assert.ok(!requests.some((u) => u.includes('/jobs/NaN') || u.includes('/jobs/abc')), requests.join(' '));
+  await expectNotFound('/models/99999/certify');
+  await shot('12-not-found');
+  await page.getByRole('link', { name: '← Back to the models' }).click();
+  await page.getByRole('heading', { name: 'Models' }).waitFor();
+
+  step('the jobs list: state, model, method, ACR, certified accuracy and time of every job');
+  await page.getByRole('link', { name: 'Jobs', exact: true }).click();
+  const jobRow = page.locator(`[data-testid=jobs-table] tr[data-job="${first}"]`);
+  await jobRow.getByTestId('job-acr').filter({ hasText: floorFixed(summary.acr) }).waitFor();
+  await jobRow.getByText('digits-cnn', { exact: true }).waitFor();
+  await jobRow.getByText('done').waitFor();
+  assert.equal(await page.locator('[data-testid=jobs-table] tbody tr').count(), (await api('/jobs')).count);
+  await shot('13-jobs');
+  const favicon = await page.request.get(`${url}/favicon.svg`);
+  assert.equal(favicon.status(), 200, 'the favicon is served');
 
   step('a phone-sized screen');
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(`${url}/#/jobs/${first}`);
   await page.locator('[data-testid=results-table] tbody tr').first().waitFor();
-  await shot('11-phone-job');
+  await shot('14-phone-job');
   await page.goto(`${url}/#/`);
   await page.locator('tr[data-model="digits-cnn"]').waitFor();
-  await shot('12-phone-models', false);
+  await shot('15-phone-models', false);
 
   assert.deepEqual(errors, [], 'no uncaught errors in the page');
   console.log('dashboard e2e: all steps passed');

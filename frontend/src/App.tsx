@@ -9,6 +9,8 @@ import { CertifyPage } from './pages/certify/CertifyPage';
 import { JobPage } from './pages/job/JobPage';
 import { ComparePage } from './pages/compare/ComparePage';
 import { DocsPage } from './pages/docs/DocsPage';
+import { JobsPage } from './pages/jobs/JobsPage';
+import { NotFound } from './pages/notfound/NotFound';
 
 export const UNAUTHORIZED_EVENT = 'kavach:unauthorized';
 
@@ -39,6 +41,7 @@ export function App() {
         <nav>
           <NavLink to="/" end>Models</NavLink>
           <NavLink to="/models/new">Add model</NavLink>
+          <NavLink to="/jobs" end>Jobs</NavLink>
           <NavLink to="/compare">Compare</NavLink>
           <NavLink to="/docs">Docs</NavLink>
         </nav>
@@ -51,10 +54,11 @@ export function App() {
           <Route path="/" element={<ModelsPage />} />
           <Route path="/models/new" element={<AddModelPage />} />
           <Route path="/models/:id/certify" element={<CertifyPage />} />
+          <Route path="/jobs" element={<JobsPage />} />
           <Route path="/jobs/:id" element={<JobPage />} />
           <Route path="/compare" element={<ComparePage />} />
           <Route path="/docs" element={<DocsPage />} />
-          <Route path="*" element={<p>Nothing here. <NavLink to="/">Back to the models</NavLink>.</p>} />
+          <Route path="*" element={<NotFound what="This page" />} />
         </Routes>
       </main>
     </div>

@@ -27,7 +27,7 @@ describe('AddModelPage', () => {
     await user.click(screen.getByRole('button', { name: 'Add and certify' }));
     expect(await screen.findByText(/choose a model file/)).toBeInTheDocument();
     expect(screen.getByText('a name is required')).toBeInTheDocument();
-    expect(screen.getByText('sigma must be a number > 0')).toBeInTheDocument();
+    expect(screen.getByText(/sigma must be a number > 0/)).toBeInTheDocument();
     const posts = fetchMock.mock.calls.filter(([req]) => (req as Request).method === 'POST');
     expect(posts).toHaveLength(0);
   });

@@ -35,7 +35,9 @@ export function AddModelPage() {
     let created;
     try {
       created = await createModel.mutateAsync({
-        body: { file: model.file as Blob, metadata: JSON.stringify(modelMetadata(model)) },
+        // certified right away: the dataset and sigma chosen become the model's own, the certify form's defaults later
+        body: { file: model.file as Blob, metadata: JSON.stringify({ ...modelMetadata(model),
+          ...(certify ? { dataset: config.dataset, sigma: Number(config.sigma) } : {}) }) },
       });
     } catch (error) {
       setErrors(fieldErrorsFrom422(error, 'file'));

@@ -5,6 +5,9 @@ import {
 } from '../../client/@tanstack/react-query.gen';
 import { CurveChart } from '../../charts/CurveChart';
 import { configLabel, type CurveSeries } from '../../charts/shape';
+import { formatSeconds } from '../../format';
+import { JobSummaryCells } from '../jobs/JobSummaryCells';
+import { jobSeconds } from '../jobs/JobsPage';
 
 /** Several jobs' certified-accuracy curves in one chart; the chosen jobs live in the URL (?jobs=1,2). */
 export function ComparePage() {
@@ -34,7 +37,7 @@ export function ComparePage() {
       {series.length > 0 ? <CurveChart series={series} height={380} /> : <p className="muted">Pick jobs below to overlay their curves.</p>}
       <div className="table-wrap">
         <table>
-          <thead><tr><th /><th>Job</th><th>Model</th><th>Config</th><th>Dataset</th><th>State</th></tr></thead>
+          <thead><tr><th /><th>Job</th><th>Model</th><th>Config</th><th>Dataset</th><th>State</th><th>ACR</th><th>Cert. acc. @ 0.25</th><th>Time</th></tr></thead>
           <tbody>
             {[...(jobs.data?.data ?? [])].reverse().map((j) => (
               <tr key={j.id}>
@@ -44,6 +47,8 @@ export function ComparePage() {
                 <td>{configLabel(j.id, j.config).replace(/^#\d+ /, '')}</td>
                 <td>{j.dataset}</td>
                 <td><span className={`state ${j.state}`}>{j.state}</span></td>
+                <JobSummaryCells jobId={j.id} radius={0.25} hasRows={j.progress.done > 0} />
+                <td>{formatSeconds(jobSeconds(j))}</td>
               </tr>
             ))}
           </tbody>

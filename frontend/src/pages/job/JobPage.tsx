@@ -1,9 +1,11 @@
 import { useEffect } from 'react';
+import { floorFixed, floorPercent, isNotFound, routeId } from '../../format';
+import { NotFound } from '../notfound/NotFound';
 import { Link, useParams } from 'react-router-dom';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import {
   cancelJobApiV1JobsIdCancelPostMutation, readJobApiV1JobsIdGetOptions, readJobApiV1JobsIdGetQueryKey,
-  readModelApiV1ModelsIdGetOptions, readResultsApiV1JobsIdResultsGetQueryKey, readResultsApiV1JobsIdResultsGetOptions,
+  readDatasetsApiV1DatasetsGetOptions, readModelApiV1ModelsIdGetOptions, readResultsApiV1JobsIdResultsGetQueryKey, readResultsApiV1JobsIdResultsGetOptions,
   readSummaryApiV1JobsIdSummaryGetOptions, readSummaryApiV1JobsIdSummaryGetQueryKey,
 } from '../../client/@tanstack/react-query.gen';
 import { exportCsvApiV1JobsIdResultsCsvGet, exportJsonApiV1JobsIdResultsJsonGet } from '../../client/sdk.gen';
@@ -29,17 +31,27 @@ const FINISHED = new Set(['done', 'failed', 'cancelled']);
 
 /** One job: live progress while it runs, then (and already during) its results. */
 export function JobPage() {
-  const id = Number(useParams().id);
+  const raw = useParams().id;
+  const id = routeId(raw);
+  // "/jobs/abc" is not a job: say so without asking the API for /jobs/NaN
+  if (id == null) return <NotFound what={`Job "${raw}"`} />;
+  return <Job key={id} id={id} />;
+}
+
+function Job({ id }: { id: number }) {
   const queryClient = useQueryClient();
   const job = useQuery({
     ...readJobApiV1JobsIdGetOptions({ path: { id } }),
-    refetchInterval: (q) => (q.state.data && FINISHED.has(q.state.data.state) ? false : 5000),
+    // a 404 stays a 404: no retries, no polling (they made the page flip between loading and not found)
+    retry: (count, error) => !isNotFound(error) && count < 2,
+    refetchInterval: (q) => (q.state.error || (q.state.data && FINISHED.has(q.state.data.state)) ? false : 5000),
   });
   const finished = !!job.data && FINISHED.has(job.data.state);
   useJobEvents(id, !!job.data && !finished);
   const model = useQuery({ ...readModelApiV1ModelsIdGetOptions({ path: { id: job.data?.model_id ?? 0 } }), enabled: !!job.data });
-  const summary = useQuery(readSummaryApiV1JobsIdSummaryGetOptions({ path: { id } }));
-  const results = useQuery(readResultsApiV1JobsIdResultsGetOptions({ path: { id }, query: { limit: 10000 } }));
+  const summary = useQuery({ ...readSummaryApiV1JobsIdSummaryGetOptions({ path: { id } }), enabled: !!job.data });
+  const results = useQuery({ ...readResultsApiV1JobsIdResultsGetOptions({ path: { id }, query: { limit: 10000 } }), enabled: !!job.data });
+  const datasets = useQuery({ ...readDatasetsApiV1DatasetsGetOptions(), enabled: !!job.data });
   const cancel = useMutation({
     ...cancelJobApiV1JobsIdCancelPostMutation(),
     onSuccess: (data) => queryClient.setQueryData(readJobApiV1JobsIdGetQueryKey({ path: { id } }), data),
@@ -54,12 +66,16 @@ export function JobPage() {
     queryClient.invalidateQueries({ queryKey: readResultsApiV1JobsIdResultsGetQueryKey({ path: { id }, query: { limit: 10000 } }) });
   }, [done, state, id, queryClient]);
 
+  if (job.isError && isNotFound(job.error)) return <NotFound what={`Job #${id}`} />;
   if (job.isError) return <p className="error" role="alert">{errorMessage(job.error)}</p>;
   if (!job.data) return <p>Loading job #{id}…</p>;
   const j = job.data;
   const s = summary.data;
   const rows = results.data?.data ?? [];
-  const certified = rows.filter((r) => r.prediction >= 0).map((r) => r.radius);
+  // the histogram counts correctly classified inputs only: a misclassified input's radius certifies a wrong answer
+  const certified = rows.filter((r) => r.prediction >= 0 && r.correct).map((r) => r.radius);
+  // the model's own class names, else the dataset's (built-ins name theirs)
+  const classNames = model.data?.class_names ?? datasets.data?.data.find((d) => d.id === j.dataset)?.class_names;
 
   return (
     <section>
@@ -68,15 +84,15 @@ export function JobPage() {
       <p className="muted">
         {model.data?.name ?? `model #${j.model_id}`} on {j.dataset} ({j.split}) · {configLabel(j.id, j.config)} · alpha {j.config.alpha}
       </p>
-      <ProgressBar progress={j.progress} />
+      <ProgressBar progress={j.progress} finished={finished} />
       {!finished && <button className="danger" onClick={() => cancel.mutate({ path: { id } })} disabled={cancel.isPending}>Cancel</button>}
       {j.error && <p className="error" role="alert">{j.error}</p>}
 
       {s && s.count > 0 && (
         <>
           <div className="stats" data-testid="summary">
-            <div><b>{s.acr.toFixed(3)}</b><span>ACR</span></div>
-            <div><b>{(s.clean_accuracy * 100).toFixed(1)}%</b><span>clean smoothed accuracy</span></div>
+            <div><b>{floorFixed(s.acr)}</b><span>ACR (average certified radius)</span></div>
+            <div><b>{floorPercent(s.clean_accuracy)}</b><span>clean smoothed accuracy</span></div>
             <div><b>{(s.abstain_rate * 100).toFixed(1)}%</b><span>abstain rate</span></div>
             <div><b>{s.samples_per_second ? Math.round(s.samples_per_second).toLocaleString() : '–'}</b><span>samples/s</span></div>
             <div><b>{s.count}</b><span>inputs</span></div>
@@ -84,11 +100,15 @@ export function JobPage() {
           <div className="two">
             <div>
               <h2>Certified accuracy against radius</h2>
-              <CurveChart series={[{ name: 'certified accuracy', radius: s.curve.map((p) => p.radius), accuracy: s.curve.map((p) => p.certified_accuracy) }]} />
+              <CurveChart series={[{ name: 'certified accuracy', radius: s.curve.map((p) => p.radius), accuracy: s.curve.map((p) => p.certified_accuracy) }]}
+                          maxRadius={s.max_radius ?? undefined} />
+              {s.max_radius != null && <p className="hint" data-testid="max-radius">Dashed line: {floorFixed(s.max_radius)}, the largest
+                radius N = {(j.config.n ?? 0).toLocaleString()} and alpha = {j.config.alpha} allow (every sample votes the top class).</p>}
             </div>
             <div>
-              <h2>Certified radii</h2>
-              <HistogramChart bins={radiusHistogram(certified)} />
+              <h2>Certified radii of correctly classified inputs</h2>
+              <HistogramChart bins={radiusHistogram(certified)} what="correct inputs" />
+              <p className="hint">Misclassified and abstained inputs are left out: their certificate is worth nothing.</p>
             </div>
           </div>
           <div className="row-between">
@@ -99,7 +119,7 @@ export function JobPage() {
               <Link className="button" to={`/compare?jobs=${id}`}>Compare…</Link>
             </div>
           </div>
-          <ResultsTable jobId={id} rows={rows} classNames={model.data?.class_names} />
+          <ResultsTable jobId={id} rows={rows} classNames={classNames} />
         </>
       )}
     </section>

@@ -1,15 +1,34 @@
+import { useRef } from 'react';
 import type { Progress } from '../../client/types.gen';
+import { formatSeconds } from '../../format';
 
-export function formatSeconds(s: number | null | undefined): string {
-  if (s == null || !Number.isFinite(s)) return '–';
-  if (s < 60) return `${Math.round(s)} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
-  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+export { formatSeconds };
+
+/**
+ * The ETA from a smoothed rate: the API's estimate jumps each time an input finishes, so it is blended
+ * (exponential moving average of inputs per second) and counted down between updates.
+ */
+function useSmoothedEta(progress: Progress, finished: boolean): number | null {
+  const state = useRef<{ done: number; at: number; rate: number | null } | null>(null);
+  const now = performance.now() / 1000;
+  const remaining = progress.total - progress.done;
+  if (finished || remaining <= 0) return null;
+  const prev = state.current;
+  if (!prev || progress.done < prev.done) {
+    state.current = { done: progress.done, at: now, rate: null };
+  } else if (progress.done > prev.done) {
+    const rate = (progress.done - prev.done) / Math.max(now - prev.at, 1e-3);
+    state.current = { done: progress.done, at: now, rate: prev.rate == null ? rate : 0.3 * rate + 0.7 * prev.rate };
+  }
+  const rate = state.current!.rate;
+  if (rate != null && rate > 0) return remaining / rate;
+  return progress.eta_seconds ?? null; // no rate of our own yet: the API's first estimate
 }
 
 /** done/total, samples per second and ETA of a job. */
-export function ProgressBar({ progress }: { progress: Progress }) {
-  const pct = progress.total ? Math.round((100 * progress.done) / progress.total) : 0;
+export function ProgressBar({ progress, finished = false }: { progress: Progress; finished?: boolean }) {
+  const pct = progress.total ? Math.floor((100 * progress.done) / progress.total) : 0;
+  const eta = useSmoothedEta(progress, finished);
   return (
     <div className="progress" data-testid="progress">
       <div className="bar" role="progressbar" aria-valuemin={0} aria-valuemax={100} aria-valuenow={pct}>
@@ -18,7 +37,8 @@ export function ProgressBar({ progress }: { progress: Progress }) {
       <div className="progress-stats">
         <span data-testid="progress-count">{progress.done}/{progress.total} inputs ({pct}%)</span>
         <span>{progress.samples_per_second != null ? `${Math.round(progress.samples_per_second).toLocaleString()} samples/s` : '– samples/s'}</span>
-        <span>ETA {formatSeconds(progress.eta_seconds)}</span>
+        {/* after the end there is nothing left to estimate */}
+        {!finished && progress.done < progress.total && <span data-testid="eta">ETA {formatSeconds(eta)}</span>}
       </div>
     </div>
   );

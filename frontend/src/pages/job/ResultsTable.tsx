@@ -1,5 +1,6 @@
 import { useMemo, useState } from 'react';
 import type { ResultRowPublic } from '../../client/types.gen';
+import { floorFixed } from '../../format';
 import { Thumbnail } from './Thumbnail';
 
 type Key = 'index' | 'label' | 'prediction' | 'radius' | 'p_lower' | 'samples' | 'seconds';
@@ -9,16 +10,28 @@ const COLUMNS: [Key, string][] = [
 ];
 const PAGE = 25;
 
+export type Outcome = 'all' | 'wrong' | 'abstain' | 'failures' | 'correct';
+const outcome = (r: ResultRowPublic): Exclude<Outcome, 'all' | 'failures'> =>
+  r.prediction < 0 ? 'abstain' : r.correct ? 'correct' : 'wrong';
+
 /** Per-input certificates with a thumbnail of each input, sorted by any column and shown a page at a time. */
 export function ResultsTable({ jobId, rows, classNames }: {
   jobId: number; rows: ResultRowPublic[]; classNames?: string[] | null;
 }) {
   const [sort, setSort] = useState<{ key: Key; desc: boolean }>({ key: 'index', desc: false });
   const [page, setPage] = useState(0);
+  const [show, setShow] = useState<Outcome>('all');
+  const counts = useMemo(() => {
+    const c = { correct: 0, wrong: 0, abstain: 0 };
+    for (const r of rows) c[outcome(r)] += 1;
+    return c;
+  }, [rows]);
   const sorted = useMemo(() => {
-    const out = [...rows].sort((a, b) => (a[sort.key] as number) - (b[sort.key] as number));
+    const kept = rows.filter((r) => show === 'all' || outcome(r) === show ||
+      (show === 'failures' && outcome(r) !== 'correct'));
+    const out = kept.sort((a, b) => (a[sort.key] as number) - (b[sort.key] as number));
     return sort.desc ? out.reverse() : out;
-  }, [rows, sort]);
+  }, [rows, sort, show]);
   const pages = Math.max(1, Math.ceil(sorted.length / PAGE));
   const shown = sorted.slice(page * PAGE, (page + 1) * PAGE);
   const name = (c: number) => (c < 0 ? 'abstain' : classNames?.[c] ?? String(c));
@@ -26,6 +39,16 @@ export function ResultsTable({ jobId, rows, classNames }: {
 
   return (
     <div>
+      <label className="inline">Show{' '}
+        <select name="outcome" data-testid="outcome-filter" value={show}
+                onChange={(e) => { setShow(e.target.value as Outcome); setPage(0); }}>
+          <option value="all">all inputs ({rows.length})</option>
+          <option value="failures">wrong or abstained ({counts.wrong + counts.abstain})</option>
+          <option value="wrong">wrong: certified a wrong class ({counts.wrong})</option>
+          <option value="abstain">abstained ({counts.abstain})</option>
+          <option value="correct">correct ({counts.correct})</option>
+        </select>
+      </label>
       <div className="table-wrap">
         <table className="results" data-testid="results-table">
           <thead>
@@ -41,11 +64,11 @@ export function ResultsTable({ jobId, rows, classNames }: {
           </thead>
           <tbody>
             {shown.map((r) => (
-              <tr key={r.index} className={r.prediction < 0 ? 'abstain' : r.correct ? 'correct' : 'wrong'}>
+              <tr key={r.index} className={outcome(r)} data-outcome={outcome(r)}>
                 <td className="input"><Thumbnail jobId={jobId} index={r.index} />{r.index}</td>
                 <td>{name(r.label)}</td>
                 <td>{name(r.prediction)}</td>
-                <td>{r.radius.toFixed(3)}</td>
+                <td>{floorFixed(r.radius)}</td>
                 <td>[{r.p_lower.toFixed(4)}, {r.p_upper.toFixed(4)}]{r.q_lower != null && ` Q [${r.q_lower.toFixed(4)}, ${r.q_upper?.toFixed(4)}]`}</td>
                 <td>{r.samples.toLocaleString()}</td>
                 <td>{r.seconds.toFixed(2)}</td>
@@ -56,7 +79,7 @@ export function ResultsTable({ jobId, rows, classNames }: {
       </div>
       <div className="pager">
         <button onClick={() => setPage((p) => p - 1)} disabled={page === 0}>Previous</button>
-        <span>page {page + 1} of {pages} ({rows.length} inputs)</span>
+        <span>page {page + 1} of {pages} ({sorted.length} inputs)</span>
         <button onClick={() => setPage((p) => p + 1)} disabled={page + 1 >= pages}>Next</button>
       </div>
     </div>

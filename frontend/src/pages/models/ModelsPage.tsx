@@ -7,6 +7,7 @@ import {
 import type { JobPublic } from '../../client/types.gen';
 import { errorMessage } from '../../api';
 import { accuracyAtRadius } from '../../charts/shape';
+import { floorFixed, floorPercent, formatDate } from '../../format';
 
 /** The latest finished job's certified accuracy at the chosen radius, and its ACR. */
 function LatestResult({ job, radius }: { job: JobPublic | undefined; radius: number }) {
@@ -16,8 +17,8 @@ function LatestResult({ job, radius }: { job: JobPublic | undefined; radius: num
   const acc = s ? accuracyAtRadius(s.curve.map((p) => p.radius), s.curve.map((p) => p.certified_accuracy), radius) : null;
   return (
     <>
-      <td>{acc == null ? '…' : `${(acc * 100).toFixed(1)}%`}</td>
-      <td>{s ? s.acr.toFixed(3) : '…'}</td>
+      <td>{acc == null ? '…' : floorPercent(acc)}</td>
+      <td>{s ? floorFixed(s.acr) : '…'}</td>
       <td><Link to={`/jobs/${job.id}`}>job #{job.id}</Link> <span className={`state ${job.state}`}>{job.state}</span></td>
     </>
   );
@@ -51,19 +52,23 @@ export function ModelsPage() {
           <div className="table-wrap">
             <table className="models">
               <thead>
-                <tr><th>Name</th><th className="wide-only">Format</th><th className="wide-only">Input</th><th className="wide-only">Classes</th><th className="wide-only">Added</th>
-                  <th>Cert. acc. @ {r}</th><th>ACR</th><th>Latest job</th><th /></tr>
+                {/* the action sits beside the name: at any width it is on screen, never behind a horizontal scroll */}
+                <tr><th>Name</th><th><span className="sr-only">Action</span></th><th>Dataset</th><th>Cert. acc. @ {r}</th><th>ACR</th>
+                  <th>Latest job</th><th className="wide-only">Input</th><th className="wide-only">Classes</th>
+                  <th className="wide-only">Format</th><th className="wide-only">Added</th></tr>
               </thead>
               <tbody>
                 {models.data.data.map((m) => (
                   <tr key={m.id} data-model={m.name}>
-                    <td>{m.name}{m.kind === 'denoiser' && <span className="muted"> (denoiser)</span>}</td>
-                    <td className="wide-only">{m.format}</td>
+                    <td className="name">{m.name}{m.kind === 'denoiser' && <span className="muted"> (denoiser)</span>}
+                      {m.sigma != null && <span className="muted"> · σ {m.sigma}</span>}</td>
+                    <td>{m.kind !== 'denoiser' && <Link className="button small" to={`/models/${m.id}/certify`}>Certify</Link>}</td>
+                    <td data-testid="model-dataset">{m.dataset ?? latest.get(m.id)?.dataset ?? '–'}</td>
+                    <LatestResult job={latest.get(m.id)} radius={r} />
                     <td className="wide-only">{m.input_shape.join('×')}</td>
                     <td className="wide-only">{m.num_classes ?? '–'}</td>
-                    <td className="wide-only">{new Date(m.created_at).toLocaleDateString()}</td>
-                    <LatestResult job={latest.get(m.id)} radius={r} />
-                    <td>{m.kind !== 'denoiser' && <Link className="button small" to={`/models/${m.id}/certify`}>Certify</Link>}</td>
+                    <td className="wide-only">{m.format}</td>
+                    <td className="wide-only"><time dateTime={m.created_at}>{formatDate(m.created_at)}</time></td>
                   </tr>
                 ))}
               </tbody>
