@@ -30,6 +30,7 @@ from backend.models import (
     Subset,
     utcnow,
 )
+from engine.bounds import clopper_pearson_lower
 from engine.metrics import (
     abstain_rate,
     average_certified_radius,
@@ -37,6 +38,8 @@ from engine.metrics import (
     clean_accuracy,
     radius_grid,
 )
+from engine.options import Method, NoiseKind
+from engine.radius.np import gaussian_np_radius
 
 
 class NotFound(LookupError):
@@ -242,4 +245,14 @@ def job_summary(*, session: Session, job: Job) -> JobSummary:
                       curve=[CurvePoint(radius=float(r), certified_accuracy=float(a)) for r, a in zip(grid, curve)],
                       acr=average_certified_radius(radii, correct), abstain_rate=abstain_rate([r.prediction for r in rows]),
                       clean_accuracy=clean_accuracy(correct), samples=samples, seconds=seconds,
-                      samples_per_second=samples / seconds if seconds > 0 else None)
+                      samples_per_second=samples / seconds if seconds > 0 else None, max_radius=max_radius(job))
+
+
+def max_radius(job: Job) -> float | None:
+    """NP's radius when all N estimation samples vote the top class: sigma Phi^-1 of the one-sided
+    Clopper-Pearson lower bound at N of N, alpha ** (1 / N), the engine's own bound. No input of the job
+    can certify beyond it. Gaussian NP only (generalized Gaussian needs a numerical search, DSRS its Q)."""
+    config = JobConfig.model_validate(job.config)
+    if config.method is not Method.np or config.noise is not NoiseKind.gaussian:
+        return None
+    return gaussian_np_radius(float(clopper_pearson_lower(config.n, config.n, config.alpha)), config.sigma)

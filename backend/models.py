@@ -95,6 +95,11 @@ class ModelBase(SQLModel):
     mean: list[FiniteFloat] | None = Field(default=None, sa_type=JSON, max_length=3 * 512,
                                      description="per-channel normalisation")
     std: list[FiniteFloat] | None = Field(default=None, sa_type=JSON, max_length=3 * 512)
+    # what the model was trained for: the dashboard's certify form starts from them
+    dataset: str | None = Field(default=None, max_length=255,
+                                description="the dataset it was trained on (a dataset id from GET /datasets)")
+    sigma: FiniteFloat | None = Field(default=None, gt=0, le=100,
+                                      description="the training noise level on the [0, 1] pixel scale")
 
 
 class ModelCreate(ModelBase):
@@ -327,6 +332,9 @@ class JobSummary(SQLModel):
     samples: int
     seconds: float
     samples_per_second: float | None
+    max_radius: float | None = Field(default=None, description=(
+        "the largest radius this job's N and alpha allow (every sample votes the top class); "
+        "NP with Gaussian noise only, else none"))
 
 
 class Message(SQLModel):
