@@ -98,6 +98,9 @@ def test_rows_cover_both_datasets_and_the_issue() -> None:
     for dataset in ("imagenet", "cifar"):
         assert sum(row["dataset"] == dataset for row in ROWS) >= 20
     assert {"issue-16-np", "issue-16-dsrs-sigma1.0-q0.8"} <= {row["source"] for row in ROWS}
+    # the sample is drawn from every qualifying row (all_rows.csv, which bench/dsrs_verification.py --all runs)
+    every = {(row["source"], row["index"]) for row in csv.DictReader((ROWS_CSV.parent / "all_rows.csv").open())}
+    assert {(row["source"], row["index"]) for row in ROWS if not row["source"].startswith("issue")} <= every
 
 
 @pytest.mark.slow
