@@ -23,11 +23,12 @@ from backend.sandbox.process import (
     SandboxLimits,
     SandboxUnavailable,
     check_model_file,
+    export_model,
     serve_model,
 )
 
-__all__ = ["ModelRejected", "SandboxUnavailable", "check_limits", "load_registered", "serve_registered",
-           "store_checked", "with_input_scaling", "worker_limits"]
+__all__ = ["ModelRejected", "SandboxUnavailable", "check_limits", "export_registered", "load_registered",
+           "serve_registered", "store_checked", "with_input_scaling", "worker_limits"]
 
 
 class ModelRejected(ValueError):
@@ -118,3 +119,25 @@ def serve_registered(model: Model, denoiser: Model | None, *, settings: Settings
     files = [row_file(model)] + ([row_file(denoiser)] if denoiser is not None else [])
     return serve_model(files, limits=worker_limits(settings), confine=confined(settings), device=device,
                        options=options)
+
+
+def export_limits(settings: Settings) -> SandboxLimits:
+    """The upload check's memory and CPU limits; tracing a program takes longer than one forward pass."""
+    return SandboxLimits(memory_bytes=settings.SANDBOX_CHECK_MEMORY_BYTES, cpu_seconds=settings.SANDBOX_CHECK_CPU_SECONDS,
+                         start_seconds=settings.SANDBOX_CHECK_SECONDS, batch_seconds=settings.SANDBOX_CHECK_SECONDS,
+                         file_bytes=export_max_bytes(settings), threads=2)
+
+
+def export_max_bytes(settings: Settings) -> int:
+    # the weights once, plus the program's code and its (n + 1)-entry table of the binomial test
+    return 2 * settings.MAX_UPLOAD_BYTES + (64 << 20)
+
+
+def export_registered(model: Model, denoiser: Model | None, target: Path, *, settings: Settings,
+                      options: dict[str, Any]) -> str:
+    """Compile the smoothed classifier of ``model`` (behind ``denoiser``) into a standalone program at
+    ``target`` in a model sandbox; ``options``: num_classes, sigma, n, alpha, batch_size, bf16, metadata.
+    Returns the program's format (``export`` or ``torchscript``); raises SandboxError saying what failed."""
+    files = [row_file(model)] + ([row_file(denoiser)] if denoiser is not None else [])
+    return export_model(files, target, limits=export_limits(settings), confine=confined(settings), options=options,
+                        max_bytes=export_max_bytes(settings))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15's check: clone this repository's HEAD into an empty folder (no ../shared beside it) and run
+# Issue 15's check: clone this repository's HEAD into an empty folder (with no shared folder beside it) and run
 # the README's `make test` there. Fails if make fails or if any test skips for a reason other than a
 # missing GPU. The clone gets its own venv (--system-site-packages: the installed torch is reused) so its
 # `pip install -e` does not repoint this checkout's install. FRESH_CLONE_TARGET picks other make goals

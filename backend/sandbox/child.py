@@ -4,7 +4,8 @@ It reads one ``init`` frame, copies the model files it names into its scratch fo
 warms up everything it will need, confines itself (``backend.sandbox.confine``), and only then
 loads the files. A ``check`` process runs one forward pass on a zero input and says what came out;
 a ``serve`` process answers ``votes`` requests until told to exit, sending a ``batch`` heartbeat
-as it goes and stopping between batches when a ``cancel`` frame arrives.
+as it goes and stopping between batches when a ``cancel`` frame arrives; an ``export`` process writes
+the smoothed classifier (``engine.export``) into its scratch folder as one standalone program.
 
 What it reports of a failure is a code from a fixed list; a description goes along only when the
 failing code is this project's own (the weights formats' loader, the pickle check), never the text
@@ -25,6 +26,7 @@ from backend.sandbox import confine as confinement
 from backend.sandbox.loading import WEIGHTS_FORMATS, load_registered
 from backend.sandbox.wire import read_frame, readable, write_frame
 from engine.denoise import denoised_classifier
+from engine.export import SmoothedPredictor, save_predictor
 from engine.models import ModelFileError, UnsafeModelError, detect_format
 from engine.noise import Noise
 from engine.sampling import ModelVoter
@@ -110,8 +112,8 @@ def check(spec: dict[str, Any], out_fd: int, scratch: Path) -> None:
                          "type": "tensor" if shape is not None else type(out).__name__[:40]})
 
 
-def build(spec: dict[str, Any], scratch: Path) -> ModelVoter:
-    """The base classifier (with its denoiser) converted as the job asks, behind a ModelVoter."""
+def load_base(spec: dict[str, Any], scratch: Path) -> tuple[torch.nn.Module, set[str]]:
+    """The base classifier, behind its denoiser when the spec names one; the formats of its files."""
     device = spec["device"]
     net, fmt = load_one(spec["models"][0], device, scratch)
     formats = {fmt}
@@ -119,6 +121,12 @@ def build(spec: dict[str, Any], scratch: Path) -> ModelVoter:
         denoiser, denoiser_fmt = load_one(spec["models"][1], device, scratch)
         formats.add(denoiser_fmt)
         net = denoised_classifier(net, denoiser, float(spec["sigma"]))
+    return net, formats
+
+
+def build(spec: dict[str, Any], scratch: Path) -> ModelVoter:
+    """The base classifier (with its denoiser) converted as the job asks, behind a ModelVoter."""
+    net, formats = load_base(spec, scratch)
     try:
         prepared = prepare_model(net, channels_last=spec.get("channels_last", False),
                                  dtype=torch.bfloat16 if spec.get("bf16") else None,
@@ -128,6 +136,23 @@ def build(spec: dict[str, Any], scratch: Path) -> ModelVoter:
         raise Failure("prepare", "prepare", _clean(str(error), scratch) if ours else None) from None
     return ModelVoter(prepared, spec["num_classes"], channels_last=spec.get("channels_last", False),
                       static_shapes=bool(spec.get("compile")))
+
+
+def export(spec: dict[str, Any], out_fd: int, scratch: Path) -> None:
+    """Write Cohen's PREDICT over the base classifier, with the job's noise, n and alpha, as one program."""
+    net, formats = load_base(spec, scratch)
+    try:
+        if spec.get("bf16"):
+            net = prepare_model(net, dtype=torch.bfloat16)
+        predictor = SmoothedPredictor(net, spec["num_classes"], spec["models"][0]["input_shape"], spec["sigma"],
+                                      spec["n"], spec["alpha"], spec["batch_size"], bf16=bool(spec.get("bf16")))
+        blob, fmt = save_predictor(predictor, spec.get("metadata", {}))
+    except Exception as error:  # noqa: BLE001  a model TorchScript and torch.export cannot compile
+        raise _failure("export", error, None, scratch) from None
+    name = "smoothed.pt2" if fmt == "export" else "smoothed.pt"
+    (scratch / name).write_bytes(blob)
+    write_frame(out_fd, {"op": "exported", "format": fmt, "file": name, "bytes": len(blob),
+                         "formats": sorted(formats)})
 
 
 def serve(spec: dict[str, Any], in_fd: int, out_fd: int, scratch: Path) -> None:
@@ -193,6 +218,8 @@ def main(in_fd: int, out_fd: int) -> int:
             confinement.apply_rlimits(confinement.Limits(**spec["limits"]))
         if spec["task"] == "check":
             check(spec, out_fd, scratch)
+        elif spec["task"] == "export":
+            export(spec, out_fd, scratch)
         else:
             serve(spec, in_fd, out_fd, scratch)
     except Failure as failure:

@@ -101,7 +101,8 @@ class RemoteGenerator:
 
 def _stage_words(stage: str) -> str:
     return {"load": "loading the file", "forward": "the forward pass", "prepare": "preparing the model",
-            "confine": "confining the model process"}.get(stage, stage)
+            "confine": "confining the model process",
+            "export": "compiling the smoothed classifier"}.get(stage, stage)
 
 
 def _failure_message(header: dict[str, Any], limits: SandboxLimits, fmt: str | None, context: str) -> SandboxError:
@@ -117,6 +118,9 @@ def _failure_message(header: dict[str, Any], limits: SandboxLimits, fmt: str | N
     if stage == "load":
         what = f"cannot load the file as {fmt}" if fmt else "cannot load the file"
         return ModelFailed(f"{what}: {detail}" if detail else f"{what} (the loader failed inside the sandbox)")
+    if stage == "export":
+        return ModelFailed("neither torch.export nor TorchScript could compile this model into a standalone "
+                           "program (an ONNX model, or code neither can trace or script)")
     if stage == "prepare":
         return ModelFailed(f"preparing the model failed: {detail}" if detail else
                            "preparing the model (freeze or compile) failed inside the sandbox")
@@ -257,6 +261,16 @@ class ModelProcess:
         self._expect(header, "checked", "the forward pass on a zero input")
         return header
 
+    def export(self, target: Path, max_bytes: int) -> str:
+        """Copy the program the export process wrote to ``target`` (at most ``max_bytes``); its format."""
+        header, _ = self._read(time.monotonic() + self.limits.start_seconds, "the export")
+        self._expect(header, "exported", "the export")
+        written = self.scratch / Path(str(header.get("file"))).name
+        if not written.is_file() or written.stat().st_size > max_bytes:
+            raise ModelFailed(f"the exported program is missing or larger than {max_bytes} bytes")
+        shutil.copyfile(written, target)
+        return "export" if header.get("format") == "export" else "torchscript"
+
     def _cpu_used(self) -> float:
         assert self.process is not None
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -356,6 +370,14 @@ def check_model_file(files: Sequence[ModelFile], *, limits: SandboxLimits, confi
     """Load the file in a fresh model process and run one forward pass on a zero input; the answer."""
     with ModelProcess("check", files, limits=limits, confine=confine) as process:
         return process.check()
+
+
+def export_model(files: Sequence[ModelFile], target: Path, *, limits: SandboxLimits, confine: bool,
+                 options: dict[str, Any], max_bytes: int) -> str:
+    """Compile the smoothed classifier ``options`` describe (engine.export) in a fresh model process and
+    copy the program to ``target``; its format, ``export`` or ``torchscript``."""
+    with ModelProcess("export", files, limits=limits, confine=confine, options=options) as process:
+        return process.export(target, max_bytes)
 
 
 def serve_model(files: Sequence[ModelFile], *, limits: SandboxLimits, confine: bool, device: str,

@@ -286,7 +286,10 @@ try {
   await jobRow.getByTestId('job-acr').filter({ hasText: floorFixed(summary.acr) }).waitFor();
   await jobRow.getByText('digits-cnn', { exact: true }).waitFor();
   await jobRow.getByText('done').waitFor();
-  assert.equal(await page.locator('[data-testid=jobs-table] tbody tr').count(), (await api('/jobs')).count);
+  // the page may first show the cached list, then its refetch: wait for every job the API has
+  const jobCount = (await api('/jobs')).count;
+  await page.locator(`[data-testid=jobs-table] tbody tr >> nth=${jobCount - 1}`).waitFor();
+  assert.equal(await page.locator('[data-testid=jobs-table] tbody tr').count(), jobCount);
   await shot('13-jobs');
   const favicon = await page.request.get(`${url}/favicon.svg`);
   assert.equal(favicon.status(), 200, 'the favicon is served');

@@ -11,6 +11,9 @@ client.setConfig({ baseUrl: '', auth: () => getToken() ?? undefined });
 
 export { client };
 
+/** A job in one of these states will not change any more. */
+export const FINISHED: ReadonlySet<string> = new Set(['done', 'failed', 'cancelled']);
+
 /** FastAPI's error bodies: `{detail: string}` or `{detail: [{loc, msg}]}` (a 422). */
 export type ApiError = { detail?: string | { loc: (string | number)[]; msg: string }[] };
 

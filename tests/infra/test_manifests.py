@@ -218,6 +218,9 @@ def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
 def test_dockerfile_pins_the_projects_torch() -> None:
     dockerfile = (INFRA / "Dockerfile").read_text()
     makefile = (REPO / "Makefile").read_text()
-    pins = re.search(r"pip install (torch==\S+ torchvision==\S+)", dockerfile)
-    assert pins and pins.group(1) in makefile, "infra/Dockerfile and the Makefile pin different torch builds"
+    pins = re.search(r"pip install torch==(\S+) torchvision==(\S+)", dockerfile)
+    torch = re.search(r"^TORCH_VERSION := (\S+)$", makefile, re.MULTILINE)
+    vision = re.search(r"^TORCHVISION_VERSION := (\S+)$", makefile, re.MULTILINE)
+    assert pins and torch and vision, "no torch pin found in infra/Dockerfile or the Makefile"
+    assert pins.groups() == (torch.group(1), vision.group(1)), "infra/Dockerfile and the Makefile pin different torch builds"
     assert "pip install '.[web]'" in dockerfile

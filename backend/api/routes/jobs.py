@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 import structlog
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from sqlmodel import Session
 from sse_starlette import EventSourceResponse
 
-from backend import jobs
+from backend import exports, jobs
 from backend.api.deps import (
     CurrentOwner,
     InputIndex,
@@ -28,6 +28,7 @@ from backend.datasets import find_dataset
 from backend.db import get_engine
 from backend.models import Job, JobCreate, JobPublic, JobsPublic, Message, Owner
 from backend.queue import ShardTask, try_enqueue
+from backend.sandbox.process import SandboxError, SandboxUnavailable
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = structlog.get_logger("kavach.api")
@@ -109,3 +110,27 @@ def read_job_image(session: SessionDep, owner: CurrentOwner, id: ResourceId, ind
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"dataset {job.dataset!r} is gone")
     return png_response(found, job.split, index)
+
+
+@router.get("/{id}/smoothed-model", response_model=None, response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "description": "Cohen's PREDICT over the job's model with its noise, n and alpha: a "
+                                            "torch.export program (.pt2) or TorchScript (.pt); forward(x) returns "
+                                            "the class or -1 to abstain"},
+                       404: {"model": Message}, 409: {"model": Message, "description": "the job is not done, or "
+                                                      "its noise is not Gaussian"},
+                       422: {"model": Message, "description": "the model cannot be compiled into a program"},
+                       503: {"model": Message, "description": "this server cannot sandbox model files"}})
+def download_smoothed_model(session: SessionDep, owner: CurrentOwner, settings: SettingsDep, id: ResourceId) -> FileResponse:
+    """The certified smoothed classifier, what was certified is what ships: compiled once per job in a sandbox."""
+    job = owned_job(session, owner, id)
+    try:
+        path, fmt = exports.smoothed_program(session=session, job=job, settings=settings)
+    except exports.NotExportable as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    except SandboxUnavailable as error:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
+    except SandboxError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+    return FileResponse(path, media_type="application/octet-stream",
+                        filename=f"kavach-job{job.id}-smoothed{exports.SUFFIXES[fmt]}")

@@ -9,7 +9,7 @@ import {
   readSummaryApiV1JobsIdSummaryGetOptions, readSummaryApiV1JobsIdSummaryGetQueryKey,
 } from '../../client/@tanstack/react-query.gen';
 import { exportCsvApiV1JobsIdResultsCsvGet, exportJsonApiV1JobsIdResultsJsonGet } from '../../client/sdk.gen';
-import { errorMessage } from '../../api';
+import { errorMessage, FINISHED } from '../../api';
 import { CurveChart } from '../../charts/CurveChart';
 import { HistogramChart } from '../../charts/HistogramChart';
 import { configLabel, radiusHistogram } from '../../charts/shape';
@@ -26,8 +26,6 @@ async function download(id: number, kind: 'csv' | 'json') {
   a.click();
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
-
-const FINISHED = new Set(['done', 'failed', 'cancelled']);
 
 /** One job: live progress while it runs, then (and already during) its results. */
 export function JobPage() {

@@ -3,7 +3,7 @@ import { Link } from 'react-router-dom';
 import { useQuery } from '@tanstack/react-query';
 import { readJobsApiV1JobsGetOptions, readModelsApiV1ModelsGetOptions } from '../../client/@tanstack/react-query.gen';
 import type { JobPublic } from '../../client/types.gen';
-import { errorMessage } from '../../api';
+import { errorMessage, FINISHED } from '../../api';
 import { formatDateTime, formatSeconds } from '../../format';
 import { JobSummaryCells } from './JobSummaryCells';
 
@@ -18,7 +18,11 @@ export function jobSeconds(j: JobPublic): number | null {
 export function JobsPage() {
   const [radius, setRadius] = useState('0.25');
   const r = Number(radius) >= 0 ? Number(radius) : 0;
-  const jobs = useQuery(readJobsApiV1JobsGetOptions({ query: { limit: 1000 } }));
+  // while any job is queued or running its state and figures change: poll until all are finished
+  const jobs = useQuery({
+    ...readJobsApiV1JobsGetOptions({ query: { limit: 1000 } }),
+    refetchInterval: (q) => (q.state.data?.data.some((j) => !FINISHED.has(j.state)) ? 3000 : false),
+  });
   const models = useQuery(readModelsApiV1ModelsGetOptions({ query: { limit: 1000 } }));
   const modelName = (id: number) => models.data?.data.find((m) => m.id === id)?.name ?? `model #${id}`;
   const rows = [...(jobs.data?.data ?? [])].reverse();
