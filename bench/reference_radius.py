@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from engine.radius import np_radius
 from engine.radius.dsrs import bound_ends, dsrs_shifted_lower_bound
-from engine.radius.np import COARSE_PANELS, SEARCH_MARGIN, checked_bound, radial_setting
+from engine.radius.np import (
+    CERTIFICATE_MARGIN,
+    COARSE_PANELS,
+    SEARCH_MARGIN,
+    certifies,
+    checked_bound,
+    radial_setting,
+)
 from engine.radius.search import largest_certified_radius
 
 
@@ -22,14 +29,14 @@ def cold_dsrs_radius(p_bounds: tuple[float, float], q_bounds: tuple[float, float
         return 0.0
 
     def margin(r: float) -> float:
-        return dsrs_shifted_lower_bound(exact, r, p_bounds, q_bounds)[0] - 0.5 - SEARCH_MARGIN
+        return dsrs_shifted_lower_bound(exact, r, p_bounds, q_bounds)[0] - 0.5 - CERTIFICATE_MARGIN - SEARCH_MARGIN
 
     r = largest_certified_radius(margin, r_np, max(0.05 * sigma, 0.1 * r_np), xtol=1e-6)
     for _ in range(40):
         if r <= r_np:
             break
         _, ell, mu, s1 = dsrs_shifted_lower_bound(exact, r, p_bounds, q_bounds)
-        if checked_bound(exact, coarse, r, ell, mu, s1, *bound_ends(p_bounds, q_bounds, mu, s1)) >= 0.5:
+        if certifies(checked_bound(exact, coarse, r, ell, mu, s1, *bound_ends(p_bounds, q_bounds, mu, s1))):
             return r
         r -= max(1e-6, 1e-4 * r)
     return r_np

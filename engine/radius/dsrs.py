@@ -23,9 +23,12 @@ import numpy as np
 from scipy.special import gammainc, gammaincc, gammainccinv, gammaincinv
 
 from engine.radius.np import (
+    CERTIFICATE_MARGIN,
     COARSE_PANELS,
+    EDGE_SLOPE,
     SEARCH_MARGIN,
     _integrals,
+    certifies,
     checked_bound,
     np_edge,
     np_radius,
@@ -340,19 +343,19 @@ def _dsrs_certificate(p_lower: float, p_upper: float, q_lower: float, q_upper: f
 
     def margin(r: float) -> float:
         try:
-            return solve(r)[0] - 0.5 - SEARCH_MARGIN
+            return solve(r)[0] - 0.5 - CERTIFICATE_MARGIN - SEARCH_MARGIN
         except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             return -1.0
 
     # near the edge D(r) = 1/2 the bound falls at about phi(0) / sigma = 0.4 / sigma per unit of radius
-    r = largest_certified_radius(margin, r_np, max(0.05 * sigma, 0.1 * r_np), xtol=1e-6, slope=0.4 / sigma)
+    r = largest_certified_radius(margin, r_np, max(0.05 * sigma, 0.1 * r_np), xtol=1e-6, slope=EDGE_SLOPE / sigma)
 
     def certified(r: float) -> tuple[float, float, float] | None:
         """The multipliers the search found at r, if their dual bound holds on the exact rule with the
         quadrature error allowance."""
         try:
             _, ell, mu, s1 = found[r] if r in found else solve(r)
-            if checked_bound(exact, coarse, r, ell, mu, s1, *bound_ends(bounds_p, bounds_q, mu, s1)) >= 0.5:
+            if certifies(checked_bound(exact, coarse, r, ell, mu, s1, *bound_ends(bounds_p, bounds_q, mu, s1))):
                 return ell, mu, s1
         except (FloatingPointError, OverflowError, ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             pass

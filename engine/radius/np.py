@@ -17,6 +17,14 @@ from engine.radius.search import increasing_root, largest_certified_radius, step
 # Quadrature error allowance on the shifted probability while searching; the final radius is
 # re-checked with an explicit error estimate from a coarser rule.
 SEARCH_MARGIN = 1e-9
+# A numerically found certificate (generalized Gaussian NP, DSRS) must clear 1/2 by this much, not only
+# reach it: the quadrature allowance is an estimate, and the margin covers error it could miss. It is also
+# what lets the independent LP verifier (tests/verifier) prove our radius itself in seconds. It costs
+# about CERTIFICATE_MARGIN * sigma / 0.4 of radius (the bound falls at about 0.4 / sigma per unit near
+# 1/2); the Gaussian's closed-form NP radius needs none.
+CERTIFICATE_MARGIN = 1e-4
+# near the edge the NP bound falls at about phi(0) / sigma per unit of radius
+EDGE_SLOPE = 0.4
 # The coarse rule of the quadrature allowance. 61 panels do not nest in the fine rule's 96: nested rules
 # share their panel edges and can step over the same narrow feature alike, agreeing while both are wrong.
 COARSE_PANELS = 61
@@ -167,6 +175,11 @@ def np_curve(d: int, k: int, sigma: float, step: float = 0.02, z_max: float = 6.
     return NpCurve(np.array(zs), np.array(rs), np.array(ells))
 
 
+def certifies(bound: float) -> bool:
+    """A checked dual bound certifies when it clears 1/2 by CERTIFICATE_MARGIN."""
+    return bound >= 0.5 + CERTIFICATE_MARGIN
+
+
 def np_edge(p_lower: float, d: int, k: int, sigma: float) -> tuple[float, float] | None:
     """NP's radius for p_lower > 1/2 and its multiplier ell there, without a certificate: a starting point
     for searches that certify their own. The Gaussian's are exact: r = sigma Phi^-1(p_lower) and, R being
@@ -184,12 +197,13 @@ def _general_gaussian_np_radius(p_lower: float, d: int, k: int, sigma: float) ->
     exact = radial_setting(d, k, sigma)
     coarse = radial_setting(d, k, sigma, panels=COARSE_PANELS)
     p_lower = min(p_lower, 1.0 - 1e-15)
-    # the tabulated edge, a hair inside, certified on the exact rule: one check instead of a search
+    # inside the tabulated edge by the margin's share of radius (and 10% more), certified on the exact rule:
+    # one check instead of a search
     found = np_curve(d, k, sigma).at(p_lower)
     if found is not None:
         r, ell = found
-        r -= 1e-7 * max(sigma, r)
-        if r > 0 and checked_bound(exact, coarse, r, ell, b1=p_lower) >= 0.5:
+        r -= 1.1 * CERTIFICATE_MARGIN * sigma / EDGE_SLOPE + 1e-7 * max(sigma, r)
+        if r > 0 and certifies(checked_bound(exact, coarse, r, ell, b1=p_lower)):
             return float(r)
     return _searched_np_radius(p_lower, exact, coarse, radial_setting(d, k, sigma, tabulated=True))
 
@@ -206,14 +220,14 @@ def _searched_np_radius(p_lower: float, exact: RadialSetting, coarse: RadialSett
         return bound, ell
 
     def margin(r: float) -> float:
-        return solve(r)[0] - 0.5 - SEARCH_MARGIN
+        return solve(r)[0] - 0.5 - CERTIFICATE_MARGIN - SEARCH_MARGIN
 
     guess = gaussian_np_radius(p_lower, sigma)
     r = largest_certified_radius(margin, 0.0, max(0.25 * guess, 1e-3), xtol=1e-7)
     def certified(r: float) -> float | None:
         """The search's ell at r, if its bound holds on the exact rule with the quadrature allowance."""
         ell = ells[r] if r in ells else solve(r)[1]
-        return ell if checked_bound(exact, coarse, r, ell, b1=p_lower) >= 0.5 else None
+        return ell if certifies(checked_bound(exact, coarse, r, ell, b1=p_lower)) else None
 
     certificate = step_down(certified, r, 0.0, 60)
     return 0.0 if certificate is None else float(certificate[0])

@@ -13,7 +13,9 @@ from bench.reference_radius import cold_dsrs_radius
 from engine.radius import dsrs_radius, dsrs_threshold_heuristic, np_radius
 from engine.radius.dsrs import _dsrs_certificate, bound_ends, dsrs_shifted_lower_bound, intervals_consistent
 from engine.radius.np import (
+    CERTIFICATE_MARGIN,
     COARSE_PANELS,
+    EDGE_SLOPE,
     _general_gaussian_np_radius,
     checked_bound,
     np_shifted_lower_bound,
@@ -23,6 +25,8 @@ from engine.radius.radial import RadialSetting
 from tests.engine.dsrs_data import read_radius, read_sampling
 
 SIGMA = 0.5
+# the radius a numerically found certificate gives up to clear 1/2 by CERTIFICATE_MARGIN (engine/radius/np.py)
+MARGIN_RADIUS = 1.2 * CERTIFICATE_MARGIN * SIGMA / EDGE_SLOPE
 # Every row by default; a stride > 1 gives a quick local run (CI uses every row).
 ROW_STRIDE = int(os.environ.get("KAVACH_ROW_STRIDE", "1"))
 NP_FILES = [
@@ -102,10 +106,11 @@ def test_gaussian_np_radius_closed_form(p: float) -> None:
 
 @pytest.mark.parametrize("p", [0.55, 0.9, 0.9999])
 def test_radial_integrals_reproduce_gaussian_and_round_down(p: float) -> None:
-    # k = 0 through the generalized-Gaussian machinery must give sigma Phi^-1(p), never above it
+    # k = 0 through the generalized-Gaussian machinery must give sigma Phi^-1(p), never above it, and
+    # below it by no more than the certificate margin's share
     exact = SIGMA * ndtri(p)
     ours = _general_gaussian_np_radius(p, 3072, 0, SIGMA)
-    assert exact - 1e-6 < ours <= exact
+    assert exact - MARGIN_RADIUS - 1e-6 < ours <= exact - 0.8 * CERTIFICATE_MARGIN * SIGMA / EDGE_SLOPE
 
 
 def test_radius_zero_at_or_below_half() -> None:
@@ -146,8 +151,9 @@ def test_np_radius_reproduces_published(model: str, stem: str, d: int, k: int) -
     for idx, (r_pub, *_) in published.items():
         p_lower = p[idx][0]
         ours = np_radius(p_lower, sigma=SIGMA, noise=noise, d=d, k=k)
-        if r_pub > ours + 1e-4:
-            # a larger published radius must be refuted by a worst-case classifier
+        if r_pub > ours + MARGIN_RADIUS + 1e-4:
+            # a larger published radius (beyond the radius our margin gives up) must be refuted by a
+            # worst-case classifier
             assert np_refuted(d, k, p_lower, r_pub), (idx, ours, r_pub)
         elif ours > r_pub + 1e-4:
             # a larger radius of ours must hold under an independent, much finer quadrature
