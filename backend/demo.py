@@ -4,6 +4,9 @@ A demo model is known by its stored file name, ``demo-<file>`` in the owner's mo
 column marks it: a second start adds nothing, and a demo model the owner deleted comes back on the
 next start (KAVACH_DEMO_MODELS=0 turns seeding off). Each file goes through the upload checks; an
 entry that fails them is skipped with a warning.
+
+A start that finds every entry registered reads the manifest and one query's answer, nothing more: the
+upload checks (the model sandbox, torch) and the built-in datasets are imported only for an entry to add.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from sqlmodel import Session, select
 
 from backend import storage
 from backend.crud import create_model_row
-from backend.datasets import builtin_names
-from backend.modelfiles import store_checked
 from backend.models import Model, ModelCreate, Owner
 
 log = structlog.get_logger("kavach.demo")
@@ -62,6 +63,9 @@ def entry_file(entry: dict) -> str:
 
 
 def register(session: Session, owner: Owner, entry: dict, folder: Path, storage_dir: Path, max_bytes: int) -> Model:
+    from backend.datasets import builtin_names  # imports torch
+    from backend.modelfiles import store_checked  # imports torch
+
     name = entry_file(entry)
     meta = ModelCreate.model_validate({k: entry[k] for k in MODEL_FIELDS if k in entry})
     if entry.get("dataset") not in builtin_names():

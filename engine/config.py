@@ -11,13 +11,15 @@ noise (``make_noise``), the sample-size schedule (``make_schedule``) and each in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Annotated, Any, Literal, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar, cast
 
 from pydantic import BaseModel, Field, FiniteFloat, ValidationError, create_model, model_validator
 
-from engine.noise import Noise, make_noise
-from engine.options import COMPILE_CONFLICT, Method, NoiseKind
-from engine.schedule import ISSSchedule, Mode, SampleSchedule, SequentialSchedule
+from engine.options import COMPILE_CONFLICT, Method, Mode, NoiseKind
+
+if TYPE_CHECKING:  # torch, NumPy and SciPy are imported when a config builds them, not by validating one
+    from engine.noise import Noise
+    from engine.schedule import SampleSchedule
 
 SEED_LIMIT = 1 << 64  # torch's generators take seeds below 2^64
 OpenUnit = Annotated[FiniteFloat, Field(gt=0, lt=1)]
@@ -72,10 +74,14 @@ class CertifyConfig(BaseModel):
 
     def make_noise(self, d: int) -> Noise:
         """The smoothing distribution P for inputs of ``d`` values (a ValueError if they do not fit k)."""
+        from engine.noise import make_noise
+
         return make_noise(self.noise.value, self.sigma, k=self.k, d=d if self.k else None)
 
     def make_schedule(self) -> SampleSchedule | None:
         """The sample-size schedule the config names; None keeps n fixed."""
+        from engine.schedule import ISSSchedule, SequentialSchedule
+
         if self.iss_delta is not None:
             return ISSSchedule(self.sigma, self.n, self.alpha, delta=self.iss_delta, mode=self.iss_mode,
                                batch_size=self.batch_size)

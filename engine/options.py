@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 
 class Method(str, Enum):
@@ -13,6 +14,9 @@ class Method(str, Enum):
 class NoiseKind(str, Enum):
     gaussian = "gaussian"
     general_gaussian = "general_gaussian"
+
+
+Mode = Literal["absolute", "relative"]  # ISS: delta in radius units, or a fraction of the radius
 
 
 class ISSMode(str, Enum):

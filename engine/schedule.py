@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 from scipy.special import betaincinv, ndtri
 
-Mode = Literal["absolute", "relative"]
+from engine.options import Mode
 
 
 class SampleSchedule(Protocol):
