@@ -177,9 +177,11 @@ class Client:
 
     def wait_with_progress(self, job_id: int, *, timeout: float | None = None, poll_seconds: float = 1.0) -> JobPublic:
         """``wait`` with a progress bar on stderr (inputs certified, rate, ETA)."""
+        from rich.console import Console
+
         from engine.progress import progress_bar  # the engine's bar, as the CLI's certify shows it
 
-        with progress_bar() as progress:
+        with progress_bar(console=Console(stderr=True)) as progress:  # stdout stays the result's
             task = progress.add_task(f"job {job_id}", total=None, status="queued")
 
             def show(job: JobPublic) -> None:

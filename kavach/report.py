@@ -192,13 +192,16 @@ def plot_curve(report: Report, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(report.radii, report.curve, label=f"job {report.job.id} ({report.model_name})", color="C0")
+    ax.plot(report.radii, report.curve, label=f"job {report.job.id} ({report.model_name})", color="C0",
+            drawstyle="steps-post")
     if report.baseline_curve is not None:
         ax.plot(report.radii, report.baseline_curve, label=f"baseline job {report.baseline_job}", color="C7",
-                linestyle="--")
-    for gate in (g for g in report.gates if g.point is not None):
-        ax.plot(*gate.point, marker="v" if gate.passed else "x", markersize=9,
-                    color="C2" if gate.passed else "C3", linestyle="none")
+                linestyle="--", drawstyle="steps-post")
+    for passed in (True, False):
+        points = [g.point for g in report.gates if g.point is not None and g.passed is passed]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="v" if passed else "x", markersize=9, linestyle="none",
+                    color="C2" if passed else "C3", label="gate passed" if passed else "gate FAILED")
     ax.set(xlabel="L2 radius", ylabel="certified accuracy", ylim=(0, 1.02), xlim=(0, float(report.radii[-1])),
            title=f"{'passed' if report.passed else 'FAILED'}: job {report.job.id}")
     ax.grid(alpha=0.3)

@@ -71,9 +71,13 @@ def _summary_table(report: Report) -> Table:
     table.add_column("certified accuracy", justify="right")
     for radius, accuracy in f.certified_accuracy.items():
         table.add_row(f"{radius:g}", f"{accuracy:.2%}")
-    table.caption = (f"ACR {f.acr:.4f} · clean accuracy {f.clean_accuracy:.2%} · abstained {f.abstain_rate:.2%} · "
-                     f"{f.count} inputs")
     return table
+
+
+def _figures_line(report: Report) -> str:
+    f = report.figures
+    return f"ACR {f.acr:.4f} · clean accuracy {f.clean_accuracy:.2%} · abstained {f.abstain_rate:.2%} · {f.count} inputs"
+
 
 
 def _gates_table(report: Report) -> Table:
@@ -175,6 +179,7 @@ def submit(
         raise _fail(str(error)) from None
     _write_reports(report, json_out, junit_out, markdown_out, time.monotonic() - began)
     out.print(_summary_table(report))
+    out.print(_figures_line(report), highlight=False)
     if report.gates:
         out.print(_gates_table(report))
     for gate in report.failed:
