@@ -6,6 +6,13 @@ sessions of their own (a worker's model processes: on Linux this process is thei
 are found even after their parent is gone), then the embedded Redis. Each gets SIGTERM first and
 SIGKILL after a grace period. On Linux, the children are also signalled by the kernel if this process
 dies abruptly (SIGKILL, OOM): the embedded Redis is killed, the API and the worker are told to stop.
+
+A stop signal is honoured at any moment, the start included (migrations, the demo models' upload checks,
+waiting for /readyz): it raises ``Stop``, a BaseException that no ``except Exception`` swallows, and the
+main flow checks for a signal received after each step besides.
+
+This process only supervises: it imports no torch (the API and the worker do), and a start that finds the
+demo models registered does nothing more for them, so a second `make run` is ready in seconds.
 """
 
 from __future__ import annotations
@@ -38,23 +45,34 @@ ORPHAN_GRACE_SECONDS = 3.0  # their leftover descendants
 PR_SET_CHILD_SUBREAPER = 36
 
 
-class Stop(Exception):
-    """A stop signal arrived (Ctrl-C, SIGTERM, SIGHUP)."""
+class Stop(BaseException):
+    """A stop signal arrived (Ctrl-C, SIGTERM, SIGHUP).
+
+    A BaseException, as KeyboardInterrupt is: code that keeps going past a failed step (``except
+    Exception``, e.g. a broken demo model skipped with a warning) must not keep going past a stop.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-_stopping = False
+_received: int | None = None  # the first stop signal, once one arrived
+_stopping = False  # the clean-up has begun: nothing may cut it short
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    global _stopping
-    if _stopping:  # a second signal must not cut the clean-up short
+    global _received
+    if _stopping or _received is not None:  # only the first raises: a second must not cut the clean-up short
         return
-    _stopping = True
+    _received = signum
     raise Stop(signum)
+
+
+def check_stop() -> None:
+    """Raise Stop if a stop signal arrived: between steps, in case its Stop was caught on the way."""
+    if _received is not None:
+        raise Stop(_received)
 
 
 def become_subreaper() -> bool:
@@ -198,16 +216,20 @@ def main() -> int:
     code = 0
     try:
         upgrade_database(settings.DATABASE_URL)
+        check_stop()
         env = dict(os.environ)
         if settings.REDIS_URL is None:
-            embedded = EmbeddedRedis(DATA_DIR / "redis").start()
+            embedded = EmbeddedRedis(DATA_DIR / "redis")  # known before it starts: the clean-up stops it
+            embedded.start()
             env["REDIS_URL"] = embedded.url
+        check_stop()
         owner_name = os.environ.get("KAVACH_OWNER", "admin")
         with Session(get_engine()) as session:
             token = create_token(session=session, owner_name=owner_name, token_name="make run")
             if os.environ.get("KAVACH_DEMO_MODELS", "1") != "0":
                 seeding = seed_demo_models(session=session, owner=get_or_create_owner(session=session, name=owner_name),
                                            storage_dir=settings.STORAGE_DIR, max_bytes=settings.MAX_UPLOAD_BYTES)
+                check_stop()
                 if seeding.added:
                     print(f"demo models registered for {owner_name}: {', '.join(m.name for m in seeding.added)}")
         children.append(start_child(["-m", "uvicorn", "backend.main:app", "--host", "127.0.0.1",
@@ -216,16 +238,19 @@ def main() -> int:
         url = f"http://127.0.0.1:{settings.PORT}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and all(child.poll() is None for child in children):
+            check_stop()
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
             time.sleep(0.2)
+        check_stop()
         if all(child.poll() is None for child in children):
             print(f"\nKavach API: {url}   (docs at {url}/docs)\nAPI token:  {token}\n"
                   f"try: curl -H 'Authorization: Bearer {token}' {url}{settings.API_V1_STR}/datasets\n"
                   "Ctrl-C (or SIGTERM) stops the API, the worker and the embedded Redis.\n", flush=True)
         own = {child.pid for child in children} | ({embedded.process.pid} if embedded and embedded.process else set())
         while all(child.poll() is None for child in children):
+            check_stop()
             reap_orphans(own)
             time.sleep(0.5)
         names = ("the API", "the worker")
