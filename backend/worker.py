@@ -85,6 +85,20 @@ class ShardWork:
     lost: threading.Event  # set when the lease's heartbeat finds the shard is no longer this attempt's
 
 
+def channels_last_for(fmt: ModelFormat) -> bool:
+    """Whether the worker runs a model of format ``fmt`` in NHWC, on every device: as ``kavach certify`` does by
+    default. On a CPU NCHW ran below Cohen's fp32 loop (0.95x on the digits CNN in ``make bench``, AVX2-only
+    EPYC) where NHWC ran above it, and NHWC pays on GPUs; ``bench.engine_bench.WORKER_CPU_VARIANT`` is this
+    choice as the bench measures it (a test keeps the two equal). A TorchScript archive keeps its saved layout."""
+    return fmt is not ModelFormat.torchscript
+
+
+def model_options(model: Model, config: JobConfig) -> dict[str, Any]:
+    """The model process's options for ``config`` on ``model``: the job's precision and graph, and the layout."""
+    return {"num_classes": model.num_classes, "sigma": config.sigma, "bf16": config.bf16,
+            "compile": config.compile, "freeze": config.freeze, "channels_last": channels_last_for(model.format)}
+
+
 class Resources:
     """Per-process caches: model processes and datasets outlive one shard."""
 
@@ -127,10 +141,7 @@ class Resources:
                 del self.processes[key]
             model = session.get(Model, job.model_id)
             denoiser = None if config.denoiser_id is None else session.get(Model, config.denoiser_id)
-            options = {"num_classes": model.num_classes, "sigma": config.sigma, "bf16": config.bf16,
-                       "compile": config.compile, "freeze": config.freeze,
-                       # NHWC pays on GPUs; a TorchScript archive keeps the layout it was saved with
-                       "channels_last": self.device != "cpu" and model.format is not ModelFormat.torchscript}
+            options = model_options(model, config)
             process = serve_registered(model, denoiser, settings=self.settings, device=self.device, options=options)
             log.info("model process started", job=job.id, key=key, pid=process.process.pid)
             if config.bf16 and not (bf16 := native_bf16(self.device))[0]:

@@ -61,9 +61,10 @@ VARIANT_NAMES = {
     "ours_cudagraphs": "torch.compile fp32, CUDA graphs",
 }
 VARIANTS = ("ours", "ours_nchw", "ours_bf16", "ours_compiled", "ours_frozen")
-# What the service's worker runs for a job from the dashboard's default form (fp32, eager): it keeps the
-# NCHW layout on a CPU (backend/worker.py's "channels_last" option). Change both together.
-WORKER_CPU_VARIANT = "ours_nchw"
+# What the service's worker runs on a CPU for a job from the dashboard's default form (fp32, eager) on a
+# model file it converts (not a TorchScript archive): NHWC, as kavach certify by default
+# (backend/worker.py's channels_last_for). tests/backend/test_worker_layout.py keeps the two equal.
+WORKER_CPU_VARIANT = "ours"
 GRID = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
@@ -89,15 +90,18 @@ def precision_choice(device: torch.device) -> dict:
                           "(without --force-bf16) and no default picks it")}
 
 
+def picked_ratios(r: dict, variant: str) -> list[tuple[str, float]]:
+    """(model, speed-up over Cohen's fp32 loop) of ``variant`` on each model of result ``r`` that measured it."""
+    key = "speedup_vs_cohen" + variant.removeprefix("ours")
+    rows = [("digits CNN", r)] + [(m["model"], m) for m in r.get("large_models", []) if key in m]
+    return [(model, row[key]) for model, row in rows if key in row]
+
+
 def picked_below_cohen(r: dict) -> list[str]:
     """Each (default path, model) whose picked variant runs below 1.0x Cohen's fp32 loop in result ``r``:
     issue 15 asks that none does, on any CPU."""
-    slow = []
-    for who, variant in r["precision_choice"]["picked"].items():
-        key = "speedup_vs_cohen" + variant.removeprefix("ours")
-        rows = [("digits CNN", r)] + [(m["model"], m) for m in r.get("large_models", []) if key in m]
-        slow += [f"{who} -> {variant}: {row[key]:.2f}x on {model}" for model, row in rows if row[key] < 1.0]
-    return slow
+    return [f"{who} -> {variant}: {ratio:.2f}x on {model}" for who, variant in r["precision_choice"]["picked"].items()
+            for model, ratio in picked_ratios(r, variant) if ratio < 1.0]
 
 
 def synchronize(device: torch.device) -> None:
@@ -557,7 +561,9 @@ def unpicked(r: dict, variant: str) -> str:
 def choice_lines(r: dict) -> list[str]:
     """What the defaults pick on this device and why, and whether any of them runs below Cohen's loop."""
     c = r["precision_choice"]
-    picks = "; ".join(f"{who} runs {variant}" for who, variant in c["picked"].items())
+    picks = "; ".join(f"{who} runs {variant} (" + ", ".join(f"{ratio:.2f}x on {model.split(' (')[0]}"
+                                                      for model, ratio in picked_ratios(r, variant)) + ")"
+                      for who, variant in c["picked"].items())
     slow = r["picked_below_cohen"]
     bf16 = f"bf16 on this device: {'native' if c['bf16_native'] else 'emulated'} ({c['bf16_reason']}); {c['bf16_note']}."
     verdict = ("None of them runs below 1.0x Cohen's fp32 loop." if not slow else

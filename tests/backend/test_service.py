@@ -514,12 +514,14 @@ def engine_rows(net: torch.nn.Module, count: int, schedule=None, groups: list[li
     """The engine alone on digits 0..count-1 at FAST_CONFIG updated by ``config``, seed + index; with
     ``groups``, certify_many on each group (of those inputs, in order) with seed + the group's first index;
     ``compile`` runs ``net`` through torch.compile (compiled under one thread, as in the worker), ``freeze``
-    freezes it into one TorchScript graph."""
+    freezes it into one TorchScript graph. ``net`` is converted in place."""
     from engine.noise import Gaussian
     from engine.smooth import SmoothedClassifier
 
     c = {**FAST_CONFIG, **config}
-    smoothed = SmoothedClassifier(net, 10, Gaussian(c["sigma"]), compile=compile, freeze=freeze)
+    # in the worker's layout: NHWC but for a TorchScript archive (backend.worker.channels_last_for)
+    nhwc = not isinstance(net, torch.jit.ScriptModule)
+    smoothed = SmoothedClassifier(net, 10, Gaussian(c["sigma"]), channels_last=nhwc, compile=compile, freeze=freeze)
     x = load_dataset("digits").x
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker (OMP_NUM_THREADS=1): the same kernels, the same floats

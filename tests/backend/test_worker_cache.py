@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from backend.core.config import Settings
 from backend.models import Job, JobConfig, Model, ModelFormat, ModelKind
 from backend.sandbox.loading import load_registered
 from backend.sandbox.process import ModelProcess, RemoteGenerator
-from backend.worker import Resources
+from backend.worker import Resources, channels_last_for, model_options
 from engine.denoise import DRUNet, denoised_classifier
 from engine.models import create_model
 from engine.noise import Gaussian
@@ -72,8 +73,11 @@ def remote_votes(proc: ModelProcess, seed: int = 5) -> list[int]:
     return proc.votes(X, Gaussian(0.25), [300], 128, RemoteGenerator(seed))[0].tolist()
 
 
-def local_votes(model: torch.nn.Module, seed: int = 5) -> list[int]:
-    return ModelVoter(model, 10).votes(X, Gaussian(0.25), [300], 128, make_generator(seed, "cpu"))[0].tolist()
+def local_votes(model: torch.nn.Module, seed: int = 5, **conversion) -> list[int]:
+    """Votes of ``model`` converted in this process as the worker converts a weights file: NHWC, and ``conversion``."""
+    prepared = prepare_model(model, channels_last=True, **conversion)
+    return ModelVoter(prepared, 10, channels_last=True).votes(X, Gaussian(0.25), [300], 128,
+                                                              make_generator(seed, "cpu"))[0].tolist()
 
 
 def test_jobs_that_convert_the_model_alike_share_a_model_process_and_others_never_do(resources, rows):
@@ -86,8 +90,8 @@ def test_jobs_that_convert_the_model_alike_share_a_model_process_and_others_neve
     assert process(resources, rows, freeze=True, sigma=0.5) is frozen
     # each answers exactly as the engine's own conversion of the same file, seed for seed
     assert remote_votes(eager) == local_votes(rows.load(CLASSIFIER))
-    assert remote_votes(frozen) == local_votes(prepare_model(rows.load(CLASSIFIER), freeze=True))
-    assert remote_votes(bf16) == local_votes(prepare_model(rows.load(CLASSIFIER), dtype=torch.bfloat16))
+    assert remote_votes(frozen) == local_votes(rows.load(CLASSIFIER), freeze=True)
+    assert remote_votes(bf16) == local_votes(rows.load(CLASSIFIER), dtype=torch.bfloat16)
     resources.close()
     assert not any(p.alive for p in (eager, frozen, bf16))
 
@@ -97,7 +101,7 @@ def test_a_denoised_job_has_one_model_process_per_sigma_with_the_level_fixed_ins
         proc = process(resources, rows, freeze=True, denoiser_id=DENOISER, sigma=sigma)
         assert process(resources, rows, freeze=True, denoiser_id=DENOISER, sigma=sigma) is proc
         reference = denoised_classifier(rows.load(CLASSIFIER), rows.load(DENOISER), sigma)
-        assert remote_votes(proc) == local_votes(prepare_model(reference, freeze=True))
+        assert remote_votes(proc) == local_votes(reference, freeze=True)
     assert len(resources.processes) == 2
 
 
@@ -115,3 +119,32 @@ def test_a_dead_model_process_is_replaced_and_the_oldest_is_stopped_beyond_the_c
             JobConfig(freeze=True))]
     finally:
         resources.close()
+
+
+def test_the_worker_s_cpu_default_is_the_variant_the_bench_measures_for_it(monkeypatch, rows):
+    # issue 15: no default slower than Cohen's loop on any CPU. make bench reports WORKER_CPU_VARIANT as what a
+    # dashboard job (default form: fp32, eager) runs on a CPU worker; the worker must run exactly that
+    from bench.engine_bench import VARIANT_OPTIONS, WORKER_CPU_VARIANT
+
+    def engine_kwargs(options: dict) -> dict:  # the worker's model-process options as SmoothedClassifier's
+        kwargs = {"channels_last": options["channels_last"], "dtype": torch.bfloat16 if options["bf16"] else None,
+                  "compile": options["compile"], "freeze": options["freeze"]}
+        return {k: v for k, v in kwargs.items() if v}
+
+    seen = []
+
+    def serve(model, denoiser, *, settings, device, options):  # what the worker asks of the model process
+        seen.append((device, options))
+        return SimpleNamespace(process=SimpleNamespace(pid=0), alive=True, close=lambda: None)
+
+    monkeypatch.setattr("backend.worker.serve_registered", serve)
+    resources = Resources(Settings(DEVICE="cpu", SANDBOX_CACHE_SIZE=8, SANDBOX_THREADS=1))
+    job = Job(id=1, owner_id=1, model_id=CLASSIFIER, dataset="digits", split="test", subset={}, config={}, total=1)
+    resources.model_process(rows, job, JobConfig())
+    assert seen[0][0] == "cpu"
+    assert engine_kwargs(seen[0][1]) == VARIANT_OPTIONS[WORKER_CPU_VARIANT] == {"channels_last": True}
+    for fmt in ModelFormat:  # every format the worker converts; a TorchScript archive keeps its saved layout
+        model = rows.get(Model, CLASSIFIER).model_copy(update={"format": fmt})
+        expected = {} if fmt is ModelFormat.torchscript else VARIANT_OPTIONS[WORKER_CPU_VARIANT]
+        assert engine_kwargs(model_options(model, JobConfig())) == expected
+        assert channels_last_for(fmt) == (fmt is not ModelFormat.torchscript)
