@@ -1,4 +1,4 @@
-import { useEffect } from 'react';
+import { useEffect, useState } from 'react';
 import { floorFixed, floorPercent, isNotFound, routeId } from '../../format';
 import { NotFound } from '../notfound/NotFound';
 import { Link, useParams } from 'react-router-dom';
@@ -8,7 +8,9 @@ import {
   readDatasetsApiV1DatasetsGetOptions, readModelApiV1ModelsIdGetOptions, readResultsApiV1JobsIdResultsGetQueryKey, readResultsApiV1JobsIdResultsGetOptions,
   readSummaryApiV1JobsIdSummaryGetOptions, readSummaryApiV1JobsIdSummaryGetQueryKey,
 } from '../../client/@tanstack/react-query.gen';
-import { exportCsvApiV1JobsIdResultsCsvGet, exportJsonApiV1JobsIdResultsJsonGet } from '../../client/sdk.gen';
+import {
+  downloadSmoothedModelApiV1JobsIdSmoothedModelGet, exportCsvApiV1JobsIdResultsCsvGet, exportJsonApiV1JobsIdResultsJsonGet,
+} from '../../client/sdk.gen';
 import { errorMessage, FINISHED } from '../../api';
 import { CurveChart } from '../../charts/CurveChart';
 import { HistogramChart } from '../../charts/HistogramChart';
@@ -21,10 +23,37 @@ async function download(id: number, kind: 'csv' | 'json') {
   const get = kind === 'csv' ? exportCsvApiV1JobsIdResultsCsvGet : exportJsonApiV1JobsIdResultsJsonGet;
   const { data, error } = await get({ path: { id }, parseAs: 'blob' });
   if (error || !(data instanceof Blob)) { alert(`download failed: ${errorMessage(error)}`); return; }
+  saveBlob(data, `job-${id}-results.${kind}`);
+}
+
+function saveBlob(data: Blob, name: string) {
   const url = URL.createObjectURL(data);
-  const a = Object.assign(document.createElement('a'), { href: url, download: `job-${id}-results.${kind}` });
-  a.click();
+  Object.assign(document.createElement('a'), { href: url, download: name }).click();
   setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+/** The job's smoothed classifier as a program (compiled on the first request: it can take a while). */
+function DownloadModel({ id }: { id: number }) {
+  const [busy, setBusy] = useState(false);
+  const [failure, setFailure] = useState<string | null>(null);
+  const fetchModel = async () => {
+    setBusy(true);
+    setFailure(null);
+    const { data, error, response } = await downloadSmoothedModelApiV1JobsIdSmoothedModelGet({ path: { id }, parseAs: 'blob' });
+    setBusy(false);
+    if (error || !(data instanceof Blob)) { setFailure(errorMessage(error)); return; }
+    const named = response?.headers.get('content-disposition')?.match(/filename="?([^";]+)"?/)?.[1];
+    saveBlob(data, named ?? `kavach-job${id}-smoothed.pt2`);
+  };
+  return (
+    <>
+      <button onClick={fetchModel} disabled={busy} data-testid="download-model"
+              title="Cohen's PREDICT with this model, sigma, N and alpha baked in: a torch.export program that runs with torch alone">
+        {busy ? 'Preparing the model…' : 'Download certified model'}
+      </button>{' '}
+      {failure && <span className="error" role="alert">{failure}</span>}
+    </>
+  );
 }
 
 /** One job: live progress while it runs, then (and already during) its results. */
@@ -114,6 +143,7 @@ function Job({ id }: { id: number }) {
             <div>
               <button onClick={() => download(id, 'csv')}>Download CSV</button>{' '}
               <button onClick={() => download(id, 'json')}>Download JSON</button>{' '}
+              {j.state === 'done' && (j.config.noise ?? 'gaussian') === 'gaussian' && !j.config.k && <DownloadModel id={id} />}
               <Link className="button" to={`/compare?jobs=${id}`}>Compare…</Link>
             </div>
           </div>
