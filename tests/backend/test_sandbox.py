@@ -154,9 +154,10 @@ def test_a_cancel_stops_the_model_process_between_batches_and_it_serves_on(tmp_p
         asked = []
         started = time.monotonic()
         with pytest.raises(VotesCancelled):
-            process.votes(x, Gaussian(0.25), [64 * 400], 64, RemoteGenerator(1),
+            # far more batches than a fast CPU runs before the second poll (0.2 s): the cancel must end them
+            process.votes(x, Gaussian(0.25), [64 * 20_000], 64, RemoteGenerator(1),
                           should_stop=lambda: bool(asked.append(1)) or len(asked) >= 2, stop_poll_seconds=0.2)
-        # 400 batches would take 400 x per_batch; it stopped after a few
+        # 20,000 batches would take 20,000 x per_batch; it stopped after a few
         assert time.monotonic() - started < max(10.0, 100 * per_batch)
         again = process.votes(x, Gaussian(0.25), [64], 64, RemoteGenerator(1))
         assert torch.equal(one, again)  # same seed, same votes: the process is intact after the cancel
