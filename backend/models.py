@@ -293,6 +293,13 @@ class ResultRowBase(SQLModel):
     q_upper: float | None = None
     samples: int
     seconds: float
+    top_class: int | None = Field(default=None, description=(
+        "on abstention only: the class with the most votes in the n0 selection draws, the one whose probability "
+        "the certificate bounded and found too low; none for a prediction. For reading failures: no bound or "
+        "radius depends on it"))
+    runner_up: int | None = Field(default=None, description=(
+        "on abstention only: the class with the second most votes in the n0 selection draws (none when no other "
+        "class drew a vote, and for a prediction). For reading failures: no bound or radius depends on it"))
 
 
 class ResultRowCreate(ResultRowBase):

@@ -221,7 +221,8 @@ def result_row(work: ShardWork, index: int, result: CertifyResult) -> ResultRow:
     return ResultRow(job_id=work.lease.job_id, shard_id=work.lease.shard_id, index=index,
                      label=int(work.data.y[index]), prediction=result.prediction, radius=result.radius,
                      p_lower=result.p_lower, p_upper=result.p_upper, q_lower=result.q_lower, q_upper=result.q_upper,
-                     samples=result.samples, seconds=result.seconds)
+                     samples=result.samples, seconds=result.seconds, top_class=result.top_class,
+                     runner_up=result.runner_up)
 
 
 def store_rows(work: ShardWork, rows: list[ResultRow]) -> None:

@@ -211,7 +211,9 @@ def certify(
                 row = {"index": i, "label": label, "prediction": result.prediction, "radius": result.radius,
                        "p_lower": result.p_lower, "p_upper": result.p_upper, "q_lower": result.q_lower,
                        "q_upper": result.q_upper, "samples": result.samples, "seconds": result.seconds,
-                       "correct": result.prediction == label}
+                       "correct": result.prediction == label,
+                       # on abstention: the selection draws' top two classes, for reading failures
+                       "top_class": result.top_class, "runner_up": result.runner_up}
                 sink.write(json.dumps(row) + "\n")
                 rows.append(row)
             sink.flush()

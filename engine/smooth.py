@@ -41,6 +41,12 @@ class CertifyResult:
 
     ``p_lower``/``p_upper`` bound pA under P and ``q_lower``/``q_upper`` under Q (None for NP, or when
     DSRS did not sample Q); ``samples`` counts every forward pass, the n0 selection draws included.
+
+    On abstention only, ``top_class`` and ``runner_up`` say between which classes the smoothed classifier
+    could not decide: the two with the most votes in the n0 selection draws (``top_class`` is cA, the class
+    whose probability was then bounded; ties go to the lower index). ``runner_up`` is None when no other
+    class drew a vote, both are None without selection draws, and both are None for a prediction. They are
+    for reading failures only: no bound or radius depends on them.
     """
 
     prediction: int
@@ -52,6 +58,8 @@ class CertifyResult:
     samples: int
     seconds: float
     method: str
+    top_class: int | None = None
+    runner_up: int | None = None
 
     @property
     def abstained(self) -> bool:
@@ -66,6 +74,15 @@ def top_two(counts: torch.Tensor) -> tuple[int, int, int]:
     values, classes = torch.sort(counts, descending=True, stable=True)
     second = int(values[1]) if values.numel() > 1 else 0
     return int(classes[0]), int(values[0]), second
+
+
+def selection_pair(counts0: torch.Tensor) -> tuple[int | None, int | None]:
+    """(top class, runner-up) of the n0 selection draws ``counts0``, as ``top_two`` orders them (so the top
+    class is the cA that certify picks); None for a class that drew no vote."""
+    values, classes = torch.sort(counts0, descending=True, stable=True)
+    top = int(classes[0]) if int(values[0]) > 0 else None
+    second = int(classes[1]) if values.numel() > 1 and int(values[1]) > 0 else None
+    return top, second
 
 
 def scheduled_n(schedule: SampleSchedule, pilot_votes: int, n0: int, alpha: float) -> int:
@@ -220,8 +237,8 @@ class SmoothedClassifier:
         counts = self.voter.votes(xs, self.noise, sizes, batch_size, gen)
         seconds = (time.perf_counter() - start) / max(len(xs), 1)
         d = xs[0].numel()
-        return [replace(self._np_result(w, int(c[w]), size, alpha, d, n0 + size, "np"), seconds=seconds)
-                for c, w, size in zip(counts, winners, sizes, strict=True)]
+        return [replace(self._np_result(w, int(c[w]), size, alpha, d, n0 + size, "np", c0), seconds=seconds)
+                for c, c0, w, size in zip(counts, counts0, winners, sizes, strict=True)]
 
     # -- the two certificates ---------------------------------------------------------------------
     def _np_radius(self, p_lower: float, d: int) -> float:
@@ -234,28 +251,31 @@ class SmoothedClassifier:
         return top_two(counts0)[0], counts0
 
     def _np_result(self, c_a: int, successes: int, trials: int, alpha: float, d: int, samples: int,
-                   method: str) -> CertifyResult:
-        """One-sided CP lower bound at alpha, then Cohen's abstain-or-radius rule."""
+                   method: str, counts0: torch.Tensor) -> CertifyResult:
+        """One-sided CP lower bound at alpha, then Cohen's abstain-or-radius rule; an abstention also names
+        the selection draws' top two classes (``counts0``), for display."""
         p_lower = float(clopper_pearson_lower(successes, trials, alpha))
         p_upper = float(clopper_pearson_upper(successes, trials, alpha))
-        abstain = p_lower < 0.5
-        return CertifyResult(prediction=ABSTAIN if abstain else c_a,
-                             radius=0.0 if abstain else self._np_radius(p_lower, d),
-                             p_lower=p_lower, p_upper=p_upper, q_lower=None, q_upper=None,
-                             samples=samples, seconds=0.0, method=method)
+        if p_lower < 0.5:
+            top, second = selection_pair(counts0)
+            return CertifyResult(prediction=ABSTAIN, radius=0.0, p_lower=p_lower, p_upper=p_upper, q_lower=None,
+                                 q_upper=None, samples=samples, seconds=0.0, method=method, top_class=top,
+                                 runner_up=second)
+        return CertifyResult(prediction=c_a, radius=self._np_radius(p_lower, d), p_lower=p_lower, p_upper=p_upper,
+                             q_lower=None, q_upper=None, samples=samples, seconds=0.0, method=method)
 
     def _certify_np(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                     schedule: SampleSchedule | None, gen: torch.Generator | None) -> CertifyResult:
         c_a, counts0 = self._select(x, n0, batch_size, gen)
         if isinstance(schedule, SequentialSchedule):
-            return self._certify_sequential(x, c_a, n0, batch_size, schedule, gen)
+            return self._certify_sequential(x, c_a, counts0, n0, batch_size, schedule, gen)
         if schedule is not None:
             n = scheduled_n(schedule, int(counts0[c_a]), n0, alpha)
         n_a = int(self._votes(x, self.noise, n, batch_size, gen)[c_a])
-        return self._np_result(c_a, n_a, n, alpha, x.numel(), n0 + n, "np")
+        return self._np_result(c_a, n_a, n, alpha, x.numel(), n0 + n, "np", counts0)
 
-    def _certify_sequential(self, x: torch.Tensor, c_a: int, n0: int, batch_size: int, schedule: SequentialSchedule,
-                            gen: torch.Generator | None) -> CertifyResult:
+    def _certify_sequential(self, x: torch.Tensor, c_a: int, counts0: torch.Tensor, n0: int, batch_size: int,
+                            schedule: SequentialSchedule, gen: torch.Generator | None) -> CertifyResult:
         """Draw fresh samples up to each look of ``schedule`` and stop by its rule; every look's bound is at
         ``schedule.look_alpha()``, so the reported one holds at level alpha by the union bound over looks."""
         alpha_look, drawn, n_a = schedule.look_alpha(), 0, 0
@@ -265,7 +285,7 @@ class SmoothedClassifier:
             p_lower, p_upper = (float(v) for v in clopper_pearson(n_a, drawn, alpha_look))
             if schedule.should_stop(p_lower, p_upper):
                 break
-        return self._np_result(c_a, n_a, drawn, alpha_look, x.numel(), n0 + drawn, "np")
+        return self._np_result(c_a, n_a, drawn, alpha_look, x.numel(), n0 + drawn, "np", counts0)
 
     def _check_q(self, q_sigma: float | None, q_threshold: float | Literal["auto"] | None) -> None:
         if (q_sigma is None) == (q_threshold is None):
@@ -293,15 +313,17 @@ class SmoothedClassifier:
             # NP certifies at alpha. Li et al. (App. E) decide this from the P samples themselves and
             # then reuse them, which only bounds the error by ~2 alpha; the independent pilot keeps alpha.
             k_all = int(self._votes(x, self.noise, n, batch_size, gen)[c_a])
-            return self._np_result(c_a, k_all, n, alpha, d, n0 + n, "dsrs")
+            return self._np_result(c_a, k_all, n, alpha, d, n0 + n, "dsrs", counts0)
         n_p, n_q = n // 2, n - n // 2
         alpha_each = split_alpha(alpha, 2)
         k_p = int(self._votes(x, self.noise, n_p, batch_size, gen)[c_a])
         p_lower, p_upper = (float(v) for v in clopper_pearson(k_p, n_p, alpha_each))
         if p_lower <= 0.5:
             # no radius is possible whatever Q shows, so its samples would be wasted
+            top, second = selection_pair(counts0)
             return CertifyResult(prediction=ABSTAIN, radius=0.0, p_lower=p_lower, p_upper=p_upper, q_lower=None,
-                                 q_upper=None, samples=n0 + n_p, seconds=0.0, method="dsrs")
+                                 q_upper=None, samples=n0 + n_p, seconds=0.0, method="dsrs", top_class=top,
+                                 runner_up=second)
         q_noise, sigma_q, threshold = self._q_noise(p_lower, q_sigma, q_threshold)
         k_q = int(self._votes(x, q_noise, n_q, batch_size, gen)[c_a])
         q_lower, q_upper = (float(v) for v in clopper_pearson(k_q, n_q, alpha_each))

@@ -79,6 +79,11 @@ async function checkFilter(apiRows) {
     assert.equal(await rowsShown().count(), count, `${choice}: ${count} rows`);
     for (const o of await rowsShown().evaluateAll((trs) => trs.map((tr) => tr.dataset.outcome)))
       assert.ok(outcomes.includes(o), `${choice} shows a ${o} row`);
+    if (choice === 'abstain') { // each abstention names its selection draws' top class (and runner-up, if drawn)
+      const named = apiRows.filter((r) => r.prediction < 0 && r.top_class != null).length;
+      assert.equal(named, expected.abstain, 'the API names a top class for every abstention');
+      assert.equal(await page.locator('[data-testid=results-table] [data-testid=runner-up]').count(), Math.min(named, 25));
+    }
   }
   await page.getByTestId('outcome-filter').selectOption('all');
   assert.equal(await rowsShown().count(), apiRows.length);
@@ -269,6 +274,22 @@ try {
   await page.getByRole('heading', { name: 'Certify digits-cnn' }).waitFor();
   assert.equal(await page.inputValue('#f-sigma'), '0.25', 'the model added through the form keeps its certification\'s sigma');
   await shot('11-certify-defaults');
+
+  step('abstentions name the two classes of their selection draws (n = 5 certifies nothing at alpha 0.001; sigma 1 spreads the votes)');
+  await certifyFromForm({ count: 3, sigma: 1, n: 5 });
+  await page.click('button[type=submit]');
+  const abstained = await watchJob(3);
+  const abstainedRows = (await api(`/jobs/${abstained}/results?limit=100`)).data;
+  assert.ok(abstainedRows.every((r) => r.prediction === -1 && r.top_class != null), JSON.stringify(abstainedRows));
+  assert.equal((await checkFilter(abstainedRows)).abstain, 3);
+  const digitNames = (await api('/datasets')).data.find((d) => d.id === 'digits').class_names;
+  const named = (c) => digitNames?.[c] ?? String(c);
+  const shown = await page.locator('[data-testid=results-table] [data-testid=runner-up]').allTextContents();
+  assert.deepEqual(shown, abstainedRows.map((r) => (r.runner_up == null
+    ? `top ${named(r.top_class)}, no other class drawn (selection draws)`
+    : `${named(r.top_class)} vs ${named(r.runner_up)} (selection draws)`)));
+  assert.ok(abstainedRows.some((r) => r.runner_up != null), 'sigma 1 makes a runner-up');
+  await shot('11b-job-abstained');
 
   step('not-found pages: a missing job, a job id that is not a number, a missing model');
   await expectNotFound('/jobs/99999');

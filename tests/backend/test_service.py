@@ -122,6 +122,20 @@ def test_register_a_torchscript_model_and_certify_digits(service, model_id):
         assert data[-1]["state"] == "done" and data[-1]["progress"]["done"] == 6
 
 
+def test_abstained_rows_name_the_selection_draws_top_class_and_runner_up(service, model_id, scripted_model):
+    # n = 5 certifies nothing at alpha 0.001 (5 of 5 votes bound pA at 0.25): every row abstains, and names the
+    # two classes its selection draws split between, as the engine's own certificate does
+    with service.client() as client:
+        created = start_job(client, model_id, subset={"count": 4}, sigma=0.5, n=5)
+        job = wait_for(client, created.json()["id"], lambda j: j["state"] in ("done", "failed"))
+        rows = all_rows(client, job["id"])
+        csv_header = client.get(f"/api/v1/jobs/{job['id']}/results.csv").text.splitlines()[0]
+    assert job["state"] == "done" and all(r["prediction"] == -1 for r in rows)
+    assert all(r["top_class"] is not None for r in rows)
+    assert result_tuples(rows) == engine_rows(torch.jit.load(str(scripted_model)), 4, sigma=0.5, n=5)
+    assert csv_header.endswith(",top_class,runner_up,correct")
+
+
 def test_cancel_a_running_job(service, model_id):
     with service.client() as client:
         job_id = start_job(client, model_id, subset={"count": 40}, n=20_000, batch_size=1000).json()["id"]
@@ -534,7 +548,7 @@ def engine_rows(net: torch.nn.Module, count: int, schedule=None, groups: list[li
                 x[g], c["n0"], c["n"], c["alpha"], c["batch_size"], schedule=schedule, seed=c["seed"] + g[0])]
     finally:
         torch.set_num_threads(threads)
-    return [(r.prediction, r.radius, r.p_lower, r.p_upper, r.samples) for r in results]
+    return [(r.prediction, r.radius, r.p_lower, r.p_upper, r.samples, r.top_class, r.runner_up) for r in results]
 
 
 def reference_rows(classifier: torch.nn.Module, denoiser: torch.nn.Module, level: float, count: int) -> list[tuple]:
@@ -545,7 +559,8 @@ def reference_rows(classifier: torch.nn.Module, denoiser: torch.nn.Module, level
 
 
 def result_tuples(rows: list[dict]) -> list[tuple]:
-    return [(r["prediction"], r["radius"], r["p_lower"], r["p_upper"], r["samples"]) for r in rows]
+    return [(r["prediction"], r["radius"], r["p_lower"], r["p_upper"], r["samples"], r["top_class"], r["runner_up"])
+            for r in rows]
 
 
 def test_a_job_with_a_denoiser_certifies_the_classifier_of_the_denoised_input_at_the_job_s_sigma(

@@ -11,7 +11,7 @@ from engine.models import create_model
 
 runner = CliRunner()
 KEYS = {"index", "label", "prediction", "radius", "p_lower", "p_upper", "q_lower", "q_upper", "samples", "seconds",
-        "correct"}
+        "correct", "top_class", "runner_up"}
 
 
 def centroid_classifier() -> torch.nn.Module:
@@ -65,6 +65,26 @@ def test_certify_np_writes_one_line_per_input_and_a_summary(tmp_path, exported_m
         assert (row["prediction"] == -1) == (row["radius"] == 0.0)
     assert sum(r["correct"] for r in rows) >= 4  # the centroid classifier is ~90% accurate under this noise
     assert "ACR" in result.output and "abstain rate" in result.output and "certified accuracy" in result.output
+
+
+def test_an_abstained_line_names_the_selection_draws_top_class_and_runner_up(tmp_path, exported_model):
+    # n = 5 cannot certify at alpha 0.001 (5 of 5 votes bound pA at 0.25), so every input abstains; the same
+    # seeds at n = 2000 certify the selection's class, which the abstained lines must name as their top class
+    common = ["certify", str(exported_model), "--sigma", "0.5", "--n0", "50", "--batch-size", "500", "--count", "8",
+              "--seed", "3"]
+    outs = {}
+    for n in (5, 2000):
+        out = tmp_path / f"n{n}.jsonl"
+        assert runner.invoke(app, [*common, "--n", str(n), "--out", str(out)]).exit_code == 0
+        outs[n] = read_rows(out)
+    for abstained, certified in zip(outs[5], outs[2000], strict=True):
+        assert abstained["prediction"] == -1 and abstained["top_class"] is not None
+        assert abstained["runner_up"] != abstained["top_class"]
+        if certified["prediction"] >= 0:
+            assert certified["top_class"] is None and certified["runner_up"] is None
+            assert abstained["top_class"] == certified["prediction"]
+    assert any(r["runner_up"] is not None for r in outs[5])  # sigma 0.5 spreads the centroid classifier's votes
+    assert sum(r["prediction"] >= 0 for r in outs[2000]) >= 4
 
 
 def test_certify_dsrs_from_a_state_dict_with_arch(tmp_path):

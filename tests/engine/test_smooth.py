@@ -9,7 +9,7 @@ from engine.models import create_model
 from engine.noise import Gaussian, GeneralizedGaussian
 from engine.radius import np_radius
 from engine.schedule import ISSSchedule, SequentialSchedule
-from engine.smooth import ABSTAIN, SmoothedClassifier, top_two
+from engine.smooth import ABSTAIN, SmoothedClassifier, selection_pair, top_two
 from tests.engine.exact_models import CallCounter, Constant, LinearBinary, RadialBinary
 
 SIGMA = 0.5
@@ -167,6 +167,60 @@ def test_top_two_breaks_ties_towards_the_lower_class():
     assert top_two(torch.tensor([5, 7, 7, 1])) == (1, 7, 7)
     assert top_two(torch.tensor([0, 0, 9])) == (2, 9, 0)
     assert top_two(torch.tensor([4])) == (0, 4, 0)
+
+
+def test_selection_pair_is_top_two_s_order_and_names_only_classes_that_drew_votes():
+    for counts in ([5, 7, 7, 1], [0, 0, 9], [3, 0, 0, 3], [4]):
+        assert selection_pair(torch.tensor(counts))[0] == top_two(torch.tensor(counts))[0]  # cA, the class bounded
+    assert selection_pair(torch.tensor([5, 7, 7, 1])) == (1, 2)
+    assert selection_pair(torch.tensor([0, 0, 9])) == (2, None)
+    assert selection_pair(torch.tensor([3, 0, 0, 3])) == (0, 3)
+    assert selection_pair(torch.tensor([4])) == (0, None)
+    assert selection_pair(torch.tensor([0, 0])) == (None, None)
+
+
+class Between(torch.nn.Module):
+    """Votes class ``low`` where the first coordinate is negative, else ``high``, of ``num_classes``: at x = 0 a
+    tie between them (pA = 1/2), so the smoothed classifier abstains."""
+
+    def __init__(self, low: int, high: int, num_classes: int = 10) -> None:
+        super().__init__()
+        self.low, self.high, self.num_classes = low, high, num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = x.flatten(1)[:, 0]
+        classes = torch.where(first < 0, self.low, self.high)
+        return torch.nn.functional.one_hot(classes, self.num_classes).float()
+
+
+@pytest.mark.parametrize("how", ["np", "dsrs", "iss", "sequential", "packed"])
+def test_an_abstention_names_the_selection_draws_top_class_and_runner_up(how):
+    smooth = SmoothedClassifier(Between(7, 3), 10, Gaussian(SIGMA))
+    x = torch.zeros(1, 4, 4)
+    schedules = {"iss": ISSSchedule(SIGMA, 2000, 0.001, delta=0.05, batch_size=500),
+                 "sequential": SequentialSchedule(SIGMA, 2000, 0.001, delta=0.05, first=500, batch_size=500)}
+    for seed in range(4):
+        if how == "packed":
+            results = smooth.certify_many(torch.stack([x, x]), 100, 2000, 0.001, 500, seed=seed)
+        else:
+            results = [smooth.certify(x, 100, 2000, 0.001, 500, method="dsrs" if how == "dsrs" else "np",
+                                      q_sigma=0.4 if how == "dsrs" else None, schedule=schedules.get(how), seed=seed)]
+        for r in results:
+            assert r.prediction == ABSTAIN and r.radius == 0.0
+            assert {r.top_class, r.runner_up} == {3, 7}
+        if how != "packed":  # the top class is cA: the first 100 draws of the seed's stream are the selection's
+            counts0 = smooth.voter.votes(x.unsqueeze(0), smooth.noise, [100], 500, smooth.voter.generator(seed))[0]
+            assert results[0].top_class == top_two(counts0)[0]
+
+
+def test_a_prediction_names_no_runner_up_and_the_fields_change_no_certificate():
+    model, x = linear_case(0.9, seed=3)
+    r = SmoothedClassifier(model, 2, Gaussian(SIGMA)).certify(x, 100, 2000, 0.001, 500, seed=0)
+    assert r.prediction == 1 and r.top_class is None and r.runner_up is None
+    # all selection votes for one class, yet too few fresh samples to certify: a top class and no runner-up
+    one = SmoothedClassifier(Constant(2, 4), 4, Gaussian(SIGMA)).certify(torch.zeros(3, 2, 2), 50, 5, 0.001, 64)
+    assert (one.prediction, one.top_class, one.runner_up) == (ABSTAIN, 2, None)
+    assert one.p_lower == pytest.approx(0.001 ** (1 / 5))  # the same CP bound as ever: 5 of 5 votes
 
 
 def test_channels_last_certifies_like_the_default_layout():

@@ -43,7 +43,10 @@ export function DocsPage() {
       <dl>
         <dt>Abstain</dt>
         <dd>When the top class's lower bound does not exceed 1/2, the smoothed classifier abstains: no class, radius 0.
-          An abstention counts as not certified.</dd>
+          An abstention counts as not certified. Its row names the two classes it could not decide between, "A vs B
+          (selection draws)": the top class and the runner-up of the n0 selection draws, A being the class whose
+          probability was bounded (<code>top_class</code> and <code>runner_up</code> in the downloads). They are for
+          reading failures only: no bound or radius depends on them.</dd>
         <dt>Certified accuracy at radius r</dt>
         <dd>The share of inputs classified correctly with a radius of at least r. At r = 0 it is the clean smoothed
           accuracy. A misclassified input is never counted, whatever its radius.</dd>

@@ -14,6 +14,22 @@ export type Outcome = 'all' | 'wrong' | 'abstain' | 'failures' | 'correct';
 const outcome = (r: ResultRowPublic): Exclude<Outcome, 'all' | 'failures'> =>
   r.prediction < 0 ? 'abstain' : r.correct ? 'correct' : 'wrong';
 
+const BETWEEN_TITLE = 'The two classes with the most votes in the n0 selection draws: the certificate bounded the first ' +
+  "one's probability and could not show it above 1/2. For reading failures only: no bound or radius depends on them.";
+
+/** On an abstained row, the selection draws' top class and runner-up: between which classes it could not decide. */
+function Between({ row, name }: { row: ResultRowPublic; name: (c: number) => string }) {
+  if (row.prediction >= 0 || row.top_class == null) return null;
+  return (
+    <span className="between" data-testid="runner-up" title={BETWEEN_TITLE}>
+      {row.runner_up == null
+        ? <>top {name(row.top_class)}, no other class drawn</>
+        : <>{name(row.top_class)} vs {name(row.runner_up)}</>}
+      <span className="muted"> (selection draws)</span>
+    </span>
+  );
+}
+
 /** Per-input certificates with a thumbnail of each input, sorted by any column and shown a page at a time. */
 export function ResultsTable({ jobId, rows, classNames }: {
   jobId: number; rows: ResultRowPublic[]; classNames?: string[] | null;
@@ -67,7 +83,7 @@ export function ResultsTable({ jobId, rows, classNames }: {
               <tr key={r.index} className={outcome(r)} data-outcome={outcome(r)}>
                 <td className="input"><Thumbnail jobId={jobId} index={r.index} />{r.index}</td>
                 <td>{name(r.label)}</td>
-                <td>{name(r.prediction)}</td>
+                <td>{name(r.prediction)}<Between row={r} name={name} /></td>
                 <td>{floorFixed(r.radius)}</td>
                 <td>[{r.p_lower.toFixed(4)}, {r.p_upper.toFixed(4)}]{r.q_lower != null && ` Q [${r.q_lower.toFixed(4)}, ${r.q_upper?.toFixed(4)}]`}</td>
                 <td>{r.samples.toLocaleString()}</td>
