@@ -2,6 +2,7 @@
 // Started by tests/e2e/test_dashboard.py, which runs the service and passes KAVACH_URL, KAVACH_TOKEN,
 // KAVACH_MODEL (a TorchScript digits CNN), KAVACH_DENOISER (a DRUNet checkpoint), CHROMIUM, SCREENSHOTS and PROFILE_DIR.
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -153,6 +154,15 @@ try {
   assert.equal(await thumb.evaluate((img) => img.naturalWidth), 64, 'the 8x8 digit comes back as 64x64');
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('button:has-text("Download CSV")')]);
   assert.equal(download.suggestedFilename(), `job-${first}-results.csv`);
+  step('the certified smoothed classifier downloads as a program (TorchScript, as the upload was) carrying what it certifies');
+  const [program] = await Promise.all([
+    page.waitForEvent('download', { timeout: TIMEOUT }), page.click('[data-testid=download-model]'),
+  ]);
+  assert.equal(program.suggestedFilename(), `kavach-job${first}-smoothed.pt`);
+  const archive = await readFile(await program.path());
+  assert.equal(archive.subarray(0, 2).toString(), 'PK', 'a TorchScript archive is a zip');
+  assert.ok(archive.includes(Buffer.from('extra/kavach.json')), 'the archive carries kavach.json');
+  assert.equal(await page.getByTestId('download-model').textContent(), 'Download certified model');
   await shot('06-job-done');
 
   step('radii in the table are the API\'s rounded down (0.79964 reads 0.799, never 0.800)');
