@@ -71,3 +71,14 @@ def test_a_422_may_be_validation_errors_or_a_route_s_refusal(service):
         assert refused.status_code == 422 and isinstance(refused.json()["detail"], str)
     for path in ("/api/v1/models", "/api/v1/datasets", "/api/v1/jobs"):
         assert schema_names(declared("POST", path, 422)) == {"HTTPValidationError", "Message"}
+
+
+def test_every_declared_422_admits_fastapi_s_validation_errors(service):
+    # schemathesis: GET /jobs/0/smoothed-model answered validation errors where only the route's Message was declared
+    with service.client() as client:
+        response = client.get("/api/v1/jobs/0/smoothed-model")
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["path", "id"]
+    for path, operations in SCHEMA["paths"].items():
+        for method, operation in operations.items():
+            if "422" in operation["responses"]:
+                assert "HTTPValidationError" in schema_names(declared(method, path, 422)), f"{method} {path}"

@@ -119,7 +119,7 @@ def read_job_image(session: SessionDep, owner: CurrentOwner, id: ResourceId, ind
                                             "the class or -1 to abstain"},
                        404: {"model": Message}, 409: {"model": Message, "description": "the job is not done, or "
                                                       "its noise is not Gaussian"},
-                       422: {"model": Message, "description": "the model cannot be compiled into a program"},
+                       422: unprocessable("the model cannot be compiled into a program"),
                        503: {"model": Message, "description": "this server cannot sandbox model files"}})
 def download_smoothed_model(session: SessionDep, owner: CurrentOwner, settings: SettingsDep, id: ResourceId) -> FileResponse:
     """The certified smoothed classifier, what was certified is what ships: compiled once per job in a sandbox."""
