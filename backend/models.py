@@ -238,7 +238,8 @@ class Progress(SQLModel):
     done: int
     total: int
     samples: int
-    samples_per_second: float | None
+    samples_per_second: float | None = Field(description="samples drawn over the wall-clock seconds since the job "
+                                                         "started (queueing and model loading included)")
     eta_seconds: float | None
 
 
@@ -337,8 +338,9 @@ class JobSummary(SQLModel):
     abstain_rate: float
     clean_accuracy: float
     samples: int
-    seconds: float
-    samples_per_second: float | None
+    seconds: float = Field(description="seconds spent certifying the inputs, summed over inputs (and so over workers)")
+    samples_per_second: float | None = Field(description="samples over seconds: the certifying speed, without "
+                                                         "queueing or model loading")
     max_radius: float | None = Field(default=None, description=(
         "the largest radius this job's N and alpha allow (every sample votes the top class); "
         "NP with Gaussian noise only, else none"))

@@ -299,6 +299,7 @@ try {
     ? `top ${named(r.top_class)}, no other class drawn (selection draws)`
     : `${named(r.top_class)} vs ${named(r.runner_up)} (selection draws)`)));
   assert.ok(abstainedRows.some((r) => r.runner_up != null), 'sigma 1 makes a runner-up');
+  await page.getByTestId('histogram-empty').waitFor(); // no empty axes where no input counts
   await shot('11b-job-abstained');
 
   step('not-found pages: a missing job, a job id that is not a number, a missing model');

@@ -7,6 +7,9 @@ const COLORS = ['#2563eb', '#dc2626', '#16a34a', '#9333ea', '#ea580c', '#0891b2'
 /** Certified accuracy against radius, one step line per series. */
 export function CurveChart({ series, height = 320, maxRadius }: { series: CurveSeries[]; height?: number; maxRadius?: number }) {
   const rows = overlayCurves(series);
+  // a line near the left edge takes its label on its right, clear of the y axis
+  const right = Math.max(maxRadius ?? 0, ...series.flatMap((s) => s.radius));
+  const labelSide = maxRadius != null && maxRadius < 0.2 * right ? 'insideTopLeft' : 'insideTopRight';
   return (
     <div className="chart" data-testid="curve-chart">
       <ResponsiveContainer width="100%" height={height}>
@@ -19,7 +22,7 @@ export function CurveChart({ series, height = 320, maxRadius }: { series: CurveS
           <Tooltip formatter={(v) => `${(Number(v) * 100).toFixed(1)}%`}
                    labelFormatter={(r) => `radius ${Number(r).toFixed(3)}`} />
           {maxRadius != null && <ReferenceLine x={maxRadius} stroke="#64748b" strokeDasharray="6 4"
-            label={{ value: `max ${floorFixed(maxRadius)}`, position: 'insideTopRight', fontSize: 11 }} />}
+            label={{ value: `max ${floorFixed(maxRadius)}`, position: labelSide, fontSize: 11 }} />}
           {series.length > 1 && <Legend verticalAlign="top" />}
           {series.map((s, i) => (
             <Line key={s.name} dataKey={s.name} name={s.name} type="stepAfter" dot={false}

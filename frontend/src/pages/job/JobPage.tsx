@@ -121,7 +121,7 @@ function Job({ id }: { id: number }) {
             <div><b>{floorFixed(s.acr)}</b><span>ACR (average certified radius)</span></div>
             <div><b>{floorPercent(s.clean_accuracy)}</b><span>clean smoothed accuracy</span></div>
             <div><b>{(s.abstain_rate * 100).toFixed(1)}%</b><span>abstain rate</span></div>
-            <div><b>{s.samples_per_second ? Math.round(s.samples_per_second).toLocaleString() : '–'}</b><span>samples/s</span></div>
+            <div><b>{s.samples_per_second ? Math.round(s.samples_per_second).toLocaleString() : '–'}</b><span title="samples over the seconds spent certifying the inputs, summed over workers">samples/s while certifying</span></div>
             <div><b>{s.count}</b><span>inputs</span></div>
           </div>
           <div className="two">
@@ -134,7 +134,9 @@ function Job({ id }: { id: number }) {
             </div>
             <div>
               <h2>Certified radii of correctly classified inputs</h2>
-              <HistogramChart bins={radiusHistogram(certified)} what="correct inputs" />
+              {certified.length > 0 || !results.data
+                ? <HistogramChart bins={radiusHistogram(certified)} what="correct inputs" />
+                : <p className="empty-chart" data-testid="histogram-empty">No input was classified correctly, so no radius counts.</p>}
               <p className="hint">Misclassified and abstained inputs are left out: their certificate is worth nothing.</p>
             </div>
           </div>

@@ -36,7 +36,9 @@ export function ProgressBar({ progress, finished = false }: { progress: Progress
       </div>
       <div className="progress-stats">
         <span data-testid="progress-count">{progress.done}/{progress.total} inputs ({pct}%)</span>
-        <span>{progress.samples_per_second != null ? `${Math.round(progress.samples_per_second).toLocaleString()} samples/s` : '– samples/s'}</span>
+        <span title="samples drawn so far over the time since the job started (model loading and queueing included)">
+          {progress.samples_per_second != null ? Math.round(progress.samples_per_second).toLocaleString() : '–'} samples/s since start
+        </span>
         {/* after the end there is nothing left to estimate */}
         {!finished && progress.done < progress.total && <span data-testid="eta">ETA {formatSeconds(eta)}</span>}
       </div>
