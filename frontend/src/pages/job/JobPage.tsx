@@ -136,7 +136,7 @@ function Job({ id }: { id: number }) {
               <h2>Certified radii of correctly classified inputs</h2>
               {certified.length > 0 || !results.data
                 ? <HistogramChart bins={radiusHistogram(certified)} what="correct inputs" />
-                : <p className="empty-chart" data-testid="histogram-empty">No input was classified correctly, so no radius counts.</p>}
+                : <p className="chart empty" data-testid="histogram-empty">No input was classified correctly, so no radius counts.</p>}
               <p className="hint">Misclassified and abstained inputs are left out: their certificate is worth nothing.</p>
             </div>
           </div>
