@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import exists, func, update
 from sqlalchemy.exc import IntegrityError
@@ -94,7 +95,13 @@ def _seconds(started: datetime | None, finished: datetime) -> float | None:
 
 def finish(session: Session, lease: Lease, state: ShardState, error: str | None = None) -> bool:
     """Close the shard under its lease (False when fenced out), then settle the job: failed with ``error``
-    (its queued shards cancelled), or done once every shard is done."""
+    (its queued shards cancelled), or done once every shard is done.
+
+    The done check runs in a transaction of its own, after the shard's close is committed. Run in the
+    closing transaction, two workers closing a job's last two shards at once would each miss the
+    other's uncommitted close (READ COMMITTED) and the job would stay running forever; after the commit,
+    whichever commits last sees every close. A worker that dies between the two leaves it to the
+    reconciler (``settle_finished_jobs``)."""
     now = utcnow()
     started = session.exec(select(Shard.started_at).where(Shard.id == lease.shard_id)).one()
     closed = session.execute(update(Shard).where(col(Shard.id) == lease.shard_id, col(Shard.token) == lease.token,
@@ -105,9 +112,10 @@ def finish(session: Session, lease: Lease, state: ShardState, error: str | None 
         return False
     if state is ShardState.failed:
         fail_job(session, lease.job_id, error or "a shard failed", now)
-    else:
-        complete_job(session, lease.job_id, now)
     session.commit()
+    if state is ShardState.done:
+        complete_job(session, lease.job_id, utcnow())
+        session.commit()
     return True
 
 
@@ -119,11 +127,24 @@ def fail_job(session: Session, job_id: int, error: str, now: datetime) -> None:
                     .values(state=ShardState.cancelled))
 
 
+def _all_shards_done(job_id: Any) -> Any:
+    return ~exists().where(col(Shard.job_id) == job_id, col(Shard.state) != ShardState.done)
+
+
 def complete_job(session: Session, job_id: int, now: datetime) -> None:
     """Mark an active job done if every one of its shards is done (in the caller's transaction)."""
-    unfinished = exists().where(col(Shard.job_id) == job_id, col(Shard.state) != ShardState.done)
-    session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state).in_(ACTIVE_JOB), ~unfinished)
+    session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state).in_(ACTIVE_JOB), _all_shards_done(job_id))
                     .values(state=JobState.done, finished_at=now))
+
+
+def settle_finished_jobs(session: Session) -> list[int]:
+    """Mark done every active job whose shards are all done (the worker that closed the last one died before
+    its done check); the ids it marked."""
+    done = session.execute(update(Job).where(col(Job.state).in_(ACTIVE_JOB), _all_shards_done(Job.id),
+                                             exists().where(col(Shard.job_id) == Job.id))
+                           .values(state=JobState.done, finished_at=utcnow()).returning(Job.id)).scalars().all()
+    session.commit()
+    return sorted(done)
 
 
 def cancel_job(session: Session, job_id: int) -> None:

@@ -6,7 +6,8 @@ Redis (queued, deferred for a retry, or in progress). A shard that is neither lo
 restarted without persistence, the API could not enqueue it, or arq gave up after its worker died
 on every try. Such a shard is dispatched again under a new task name, or, once it has had
 SHARD_MAX_TRIES attempts, marked failed with its job. The dispatch count is bumped by a conditional
-update, so of several workers reconciling at once only one enqueues.
+update, so of several workers reconciling at once only one enqueues. An active job whose shards are all
+done (the worker that closed the last one died before marking it) is marked done.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from backend.core.config import Settings
 from backend.db import get_engine
-from backend.leases import ACTIVE_JOB, OPEN_SHARD, fail_job, stale_before
+from backend.leases import ACTIVE_JOB, OPEN_SHARD, fail_job, settle_finished_jobs, stale_before
 from backend.models import Job, Shard, ShardState, utcnow
 from backend.queue import ShardTask, enqueue_shard, shard_task_id
 
@@ -35,9 +36,10 @@ log = structlog.get_logger("kavach.reconcile")
 class Report:
     dispatched: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    completed: list[int] = field(default_factory=list)  # jobs
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dispatched": self.dispatched, "failed": self.failed}
+        return {"dispatched": self.dispatched, "failed": self.failed, "completed_jobs": self.completed}
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -79,6 +81,11 @@ def settle_lost(shard: Shard, max_tries: int) -> int | None:
         return dispatch if won else None
 
 
+def _settle_finished_jobs() -> list[int]:
+    with Session(get_engine()) as session:
+        return settle_finished_jobs(session)
+
+
 async def task_in_redis(queue: ArqRedis, task_id: str) -> bool:
     return bool(await queue.exists(job_key_prefix + task_id, in_progress_key_prefix + task_id,
                                    retry_key_prefix + task_id))
@@ -97,6 +104,7 @@ async def reconcile(queue: ArqRedis, settings: Settings) -> Report:
             continue
         await enqueue_shard(queue, ShardTask(job_id=shard.job_id, shard_id=shard.id), dispatch)
         report.dispatched.append(shard.id)
-    if report.dispatched or report.failed:
+    report.completed = await asyncio.to_thread(_settle_finished_jobs)
+    if report.dispatched or report.failed or report.completed:
         log.info("reconciled", **report.as_dict())
     return report
