@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from backend import leases
@@ -59,7 +59,12 @@ ACTIVE = (JobState.queued, JobState.running)
 
 def check_quota(*, session: Session, owner: Owner, inputs: int, config: JobConfig, settings: Settings) -> None:
     """MAX_ACTIVE_JOBS_PER_OWNER and MAX_SAMPLES_IN_FLIGHT_PER_OWNER (the samples the owner's unfinished
-    inputs may still draw, n0 + n each), with this job counted in."""
+    inputs may still draw, n0 + n each), with this job counted in.
+
+    It first takes the owner's row lock, held until the caller commits the new job: two requests checked
+    at once would each count the jobs before the other's insert and both pass. A no-op UPDATE locks the
+    row on PostgreSQL and takes the write lock on SQLite, which has no SELECT ... FOR UPDATE."""
+    session.execute(update(Owner).where(col(Owner.id) == owner.id).values(name=Owner.name))
     active = session.exec(select(Job).where(Job.owner_id == owner.id, col(Job.state).in_(ACTIVE))).all()
     if len(active) >= settings.MAX_ACTIVE_JOBS_PER_OWNER:
         raise OverQuota(f"{len(active)} of your jobs are queued or running; MAX_ACTIVE_JOBS_PER_OWNER = "
@@ -152,7 +157,11 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, settings: S
         job_in.config.input_seed(max(indices))  # the last input's seed must exist
     except ValueError as error:
         raise Invalid(str(error)) from None
-    check_quota(session=session, owner=owner, inputs=len(indices), config=job_in.config, settings=settings)
+    try:
+        check_quota(session=session, owner=owner, inputs=len(indices), config=job_in.config, settings=settings)
+    except ValueError:
+        session.rollback()  # the owner's lock goes with it
+        raise
     shard_size = settings.SHARD_SIZE
     job = Job(owner_id=owner.id, model_id=model.id, dataset=job_in.dataset, split=job_in.split,
               subset=job_in.subset.model_dump(), config=job_in.config.model_dump(mode="json"), total=len(indices))

@@ -6,12 +6,13 @@ The quota tests run on a service of their own with small limits and no worker, s
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.backend.conftest import running_service
+from tests.backend.conftest import make_token, running_service
 from tests.backend.test_service import DIGITS_META, FAST_CONFIG, upload_model
 
 
@@ -137,3 +138,22 @@ def test_per_owner_quotas_on_active_jobs_and_samples_in_flight(limited, scripted
         assert alone.status_code == 422 and "MAX_SAMPLES_IN_FLIGHT_PER_OWNER" in alone.json()["detail"]
         assert job(alice, model, count=30).status_code == 201  # 1,320 + 6,600 fits
         assert [j["state"] for j in alice.get("/api/v1/jobs").json()["data"]] == ["queued", "queued", "cancelled"]
+
+
+def test_requests_racing_for_the_last_active_job_slot_get_one_slot_each_at_most(limited, scripted_model):
+    """Eight requests at once for an owner allowed two active jobs: exactly two are stored, six get a 429
+    (without the owner's lock each request counted the jobs before the others' inserts, and all passed)."""
+    limited.tokens["carol"] = make_token(limited.env, "carol")
+    config = {**FAST_CONFIG, "n0": 20, "n": 200}
+    with limited.client("carol") as carol:
+        model = upload_model(carol, scripted_model, DIGITS_META).json()["id"]
+        body = {"model_id": model, "dataset": "digits", "subset": {"count": 6}, "config": config}
+
+        def post(_: int) -> int:
+            with limited.client("carol") as client:
+                return client.post("/api/v1/jobs", json=body).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(post, range(8)))
+        assert codes == [201] * 2 + [429] * 6, codes
+        assert carol.get("/api/v1/jobs").json()["count"] == 2
