@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from sqlalchemy import update
 from sqlmodel import Session, SQLModel, col, select
 
 from backend.models import ApiToken, Model, ModelCreate, ModelFormat, Owner, utcnow
@@ -92,6 +93,13 @@ def revoke_owner_tokens(*, session: Session, owner_name: str) -> int:
         session.add(row)
     session.commit()
     return len(rows)
+
+
+def lock_owner(*, session: Session, owner: Owner) -> None:
+    """Hold the owner's row lock until the caller commits or rolls back, so that creating a job (its quota
+    check, its references) and deleting a model or dataset of the same owner take turns. A no-op UPDATE
+    locks the row on PostgreSQL and takes the write lock on SQLite, which has no SELECT ... FOR UPDATE."""
+    session.execute(update(Owner).where(col(Owner.id) == owner.id).values(name=Owner.name))
 
 
 def get_owned(*, session: Session, table: type[Owned], id: int, owner: Owner) -> Owned | None:

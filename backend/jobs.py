@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import func, update
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from backend import leases
 from backend.core.config import Settings
-from backend.crud import get_owned
+from backend.crud import get_owned, lock_owner
 from backend.datasets import find_dataset, load_for_job
 from backend.models import (
     CurvePoint,
+    Dataset,
     Job,
     JobConfig,
     JobCreate,
@@ -59,12 +60,9 @@ ACTIVE = (JobState.queued, JobState.running)
 
 def check_quota(*, session: Session, owner: Owner, inputs: int, config: JobConfig, settings: Settings) -> None:
     """MAX_ACTIVE_JOBS_PER_OWNER and MAX_SAMPLES_IN_FLIGHT_PER_OWNER (the samples the owner's unfinished
-    inputs may still draw, n0 + n each), with this job counted in.
-
-    It first takes the owner's row lock, held until the caller commits the new job: two requests checked
-    at once would each count the jobs before the other's insert and both pass. A no-op UPDATE locks the
-    row on PostgreSQL and takes the write lock on SQLite, which has no SELECT ... FOR UPDATE."""
-    session.execute(update(Owner).where(col(Owner.id) == owner.id).values(name=Owner.name))
+    inputs may still draw, n0 + n each), with this job counted in. The caller holds the owner's lock
+    (``lock_owner``) until the job is stored: two requests checked at once would each count the jobs
+    before the other's insert, and both pass."""
     active = session.exec(select(Job).where(Job.owner_id == owner.id, col(Job.state).in_(ACTIVE))).all()
     if len(active) >= settings.MAX_ACTIVE_JOBS_PER_OWNER:
         raise OverQuota(f"{len(active)} of your jobs are queued or running; MAX_ACTIVE_JOBS_PER_OWNER = "
@@ -116,6 +114,16 @@ def check_fit(model: Model, shape: list[int], labels: np.ndarray, config: JobCon
         raise Invalid(str(error)) from None
 
 
+def check_still_stored(*, session: Session, models: list[Model], dataset: Dataset | str) -> None:
+    """The job's models and uploaded dataset were read before the owner's lock was taken: one deleted since
+    is a 404 now, not a job that names a missing file (read from the database, not the session's cache)."""
+    for model in models:
+        if session.exec(select(Model.id).where(Model.id == model.id)).first() is None:
+            raise NotFound(f"model {model.id} not found")
+    if isinstance(dataset, Dataset) and session.exec(select(Dataset.id).where(Dataset.id == dataset.id)).first() is None:
+        raise NotFound(f"dataset {dataset.id} not found")
+
+
 def _format_outside(rows: list[Model], formats: tuple[str, ...]) -> Model | None:
     """The first of the job's models whose file format is not among ``formats`` (unknown formats pass)."""
     return next((row for row in rows if row.format is not None and row.format.value not in formats), None)
@@ -149,7 +157,11 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, settings: S
         raise NotFound(f"dataset {job_in.dataset!r} not found")
     try:
         data = load_for_job(found, job_in.split)
-    except (ValueError, FileNotFoundError) as error:
+    except FileNotFoundError as error:
+        if isinstance(found, Dataset):  # deleted since it was looked up
+            raise NotFound(f"dataset {found.id} not found") from None
+        raise Invalid(str(error)) from None
+    except ValueError as error:
         raise Invalid(str(error)) from None
     indices = resolve_indices(job_in.subset, len(data.x), settings.MAX_JOB_INPUTS)
     check_fit(model, list(data.x.shape[1:]), data.y[indices].numpy(), job_in.config)
@@ -157,9 +169,11 @@ def create_job(*, session: Session, owner: Owner, job_in: JobCreate, settings: S
         job_in.config.input_seed(max(indices))  # the last input's seed must exist
     except ValueError as error:
         raise Invalid(str(error)) from None
+    lock_owner(session=session, owner=owner)
     try:
+        check_still_stored(session=session, models=used, dataset=found)
         check_quota(session=session, owner=owner, inputs=len(indices), config=job_in.config, settings=settings)
-    except ValueError:
+    except (NotFound, ValueError):
         session.rollback()  # the owner's lock goes with it
         raise
     shard_size = settings.SHARD_SIZE

@@ -592,6 +592,12 @@ def test_a_job_with_a_denoiser_certifies_the_classifier_of_the_denoised_input_at
     assert reference_rows(net, drunet, 0.0, len(rows)) != expected
     assert result_tuples(rows) == expected
     assert sum(r["correct"] for r in rows) >= 4
+    # the job's classifier and its denoiser are kept for it
+    with service.client() as client:
+        for model in (classifier.json()["id"], denoiser.json()["id"]):
+            refused = client.delete(f"/api/v1/models/{model}")
+            assert refused.status_code == 409 and "their denoiser" in refused.json()["detail"], refused.text
+            assert client.get(f"/api/v1/models/{model}").status_code == 200
 
 
 def test_a_job_s_denoiser_must_be_a_denoiser_for_the_model_s_inputs(service, model_id, scripted_model,

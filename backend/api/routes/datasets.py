@@ -11,6 +11,7 @@ from sqlmodel import col, select
 from backend import storage
 from backend.api.deps import CurrentOwner, InputIndex, ResourceId, SessionDep, SettingsDep, owned_or_404
 from backend.api.errors import MALFORMED_BODY, unprocessable
+from backend.crud import lock_owner
 from backend.datasets import builtin_datasets, builtin_names, dataset_public, ingest_upload
 from backend.images import image_png, load_cached
 from backend.models import Dataset, DatasetPublic, DatasetsPublic, Job, Message
@@ -75,7 +76,9 @@ def read_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Da
 @router.delete("/{id}", response_model=Message, responses={404: {"model": Message}, 409: {"model": Message}})
 def delete_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Message:
     row = owned_dataset(session, owner, id)
+    lock_owner(session=session, owner=owner)  # a job being created on it waits, then finds it gone
     if session.exec(select(Job.id).where(Job.dataset == str(id), Job.owner_id == owner.id)).first() is not None:
+        session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {id} has certification jobs; it is kept for them")
     session.delete(row)
     session.commit()

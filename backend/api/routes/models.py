@@ -6,13 +6,13 @@ from fastapi import APIRouter, File, Form, HTTPException, UploadFile, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlmodel import col, select
 
 from backend import storage
 from backend.api.deps import CurrentOwner, Offset, PageSize, ResourceId, SessionDep, SettingsDep, owned_or_404
 from backend.api.errors import MALFORMED_BODY, unprocessable
-from backend.crud import create_model_row
+from backend.crud import create_model_row, lock_owner
 from backend.modelfiles import ModelRejected, SandboxUnavailable, store_checked
 from backend.models import Job, Message, Model, ModelCreate, ModelPublic, ModelsPublic
 
@@ -75,8 +75,12 @@ def read_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Mode
 @router.delete("/{id}", response_model=Message, responses={404: {"model": Message}, 409: {"model": Message}})
 def delete_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Message:
     model = owned_model(session, owner, id)
-    if session.exec(select(Job.id).where(Job.model_id == id)).first() is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"model {id} has certification jobs; it is kept for them")
+    lock_owner(session=session, owner=owner)  # a job being created for it waits, then finds it gone
+    uses = or_(col(Job.model_id) == id, Job.config["denoiser_id"].as_integer() == id)
+    if session.exec(select(Job.id).where(Job.owner_id == owner.id, uses)).first() is not None:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, f"model {id} has certification jobs (as their classifier or "
+                                                      "their denoiser); it is kept for them")
     session.delete(model)
     session.commit()
     storage.remove(model.path)
