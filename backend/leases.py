@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import exists, func, update
 from sqlalchemy.exc import IntegrityError
@@ -101,7 +100,7 @@ def finish(session: Session, lease: Lease, state: ShardState, error: str | None 
     closing transaction, two workers closing a job's last two shards at once would each miss the
     other's uncommitted close (READ COMMITTED) and the job would stay running forever; after the commit,
     whichever commits last sees every close. A worker that dies between the two leaves it to the
-    reconciler (``settle_finished_jobs``)."""
+    reconciler (``complete_jobs``)."""
     now = utcnow()
     started = session.exec(select(Shard.started_at).where(Shard.id == lease.shard_id)).one()
     closed = session.execute(update(Shard).where(col(Shard.id) == lease.shard_id, col(Shard.token) == lease.token,
@@ -114,8 +113,7 @@ def finish(session: Session, lease: Lease, state: ShardState, error: str | None 
         fail_job(session, lease.job_id, error or "a shard failed", now)
     session.commit()
     if state is ShardState.done:
-        complete_job(session, lease.job_id, utcnow())
-        session.commit()
+        complete_jobs(session, lease.job_id)
     return True
 
 
@@ -127,22 +125,16 @@ def fail_job(session: Session, job_id: int, error: str, now: datetime) -> None:
                     .values(state=ShardState.cancelled))
 
 
-def _all_shards_done(job_id: Any) -> Any:
-    return ~exists().where(col(Shard.job_id) == job_id, col(Shard.state) != ShardState.done)
-
-
-def complete_job(session: Session, job_id: int, now: datetime) -> None:
-    """Mark an active job done if every one of its shards is done (in the caller's transaction)."""
-    session.execute(update(Job).where(col(Job.id) == job_id, col(Job.state).in_(ACTIVE_JOB), _all_shards_done(job_id))
-                    .values(state=JobState.done, finished_at=now))
-
-
-def settle_finished_jobs(session: Session) -> list[int]:
-    """Mark done every active job whose shards are all done (the worker that closed the last one died before
-    its done check); the ids it marked."""
-    done = session.execute(update(Job).where(col(Job.state).in_(ACTIVE_JOB), _all_shards_done(Job.id),
-                                             exists().where(col(Shard.job_id) == Job.id))
-                           .values(state=JobState.done, finished_at=utcnow()).returning(Job.id)).scalars().all()
+def complete_jobs(session: Session, job_id: int | None = None) -> list[int]:
+    """Mark done the active job ``job_id`` (every active job when None) if all of its shards are done, and
+    commit; the ids it marked. The reconciler's sweep settles a job whose last shard's worker died before
+    its own call."""
+    where = [col(Job.state).in_(ACTIVE_JOB), exists().where(col(Shard.job_id) == Job.id),
+             ~exists().where(col(Shard.job_id) == Job.id, col(Shard.state) != ShardState.done)]
+    if job_id is not None:
+        where.append(col(Job.id) == job_id)
+    done = session.execute(update(Job).where(*where).values(state=JobState.done, finished_at=utcnow())
+                           .returning(Job.id)).scalars().all()
     session.commit()
     return sorted(done)
 

@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from backend.core.config import Settings
 from backend.db import get_engine
-from backend.leases import ACTIVE_JOB, OPEN_SHARD, fail_job, settle_finished_jobs, stale_before
+from backend.leases import ACTIVE_JOB, OPEN_SHARD, complete_jobs, fail_job, stale_before
 from backend.models import Job, Shard, ShardState, utcnow
 from backend.queue import ShardTask, enqueue_shard, shard_task_id
 
@@ -36,10 +36,10 @@ log = structlog.get_logger("kavach.reconcile")
 class Report:
     dispatched: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
-    completed: list[int] = field(default_factory=list)  # jobs
+    completed_jobs: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dispatched": self.dispatched, "failed": self.failed, "completed_jobs": self.completed}
+        return {"dispatched": self.dispatched, "failed": self.failed, "completed_jobs": self.completed_jobs}
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -81,9 +81,9 @@ def settle_lost(shard: Shard, max_tries: int) -> int | None:
         return dispatch if won else None
 
 
-def _settle_finished_jobs() -> list[int]:
+def _complete_jobs() -> list[int]:
     with Session(get_engine()) as session:
-        return settle_finished_jobs(session)
+        return complete_jobs(session)
 
 
 async def task_in_redis(queue: ArqRedis, task_id: str) -> bool:
@@ -104,7 +104,7 @@ async def reconcile(queue: ArqRedis, settings: Settings) -> Report:
             continue
         await enqueue_shard(queue, ShardTask(job_id=shard.job_id, shard_id=shard.id), dispatch)
         report.dispatched.append(shard.id)
-    report.completed = await asyncio.to_thread(_settle_finished_jobs)
-    if report.dispatched or report.failed or report.completed:
+    report.completed_jobs = await asyncio.to_thread(_complete_jobs)
+    if report.dispatched or report.failed or report.completed_jobs:
         log.info("reconciled", **report.as_dict())
     return report

@@ -73,16 +73,16 @@ def test_two_workers_closing_the_last_two_shards_at_once_leave_the_job_done(engi
     # Hold each done check until the other worker has reached its own (or 2 s have passed, when one
     # worker waits on the other's lock): the widest window two real workers can hit.
     meet = threading.Barrier(2)
-    check = leases.complete_job
+    check = leases.complete_jobs
 
-    def complete_job_when_both_arrive(session, job_id, now):
+    def complete_jobs_when_both_arrive(session, job_id=None):
         try:
             meet.wait(timeout=2)
         except threading.BrokenBarrierError:
             pass
-        check(session, job_id, now)
+        return check(session, job_id)
 
-    monkeypatch.setattr(leases, "complete_job", complete_job_when_both_arrive)
+    monkeypatch.setattr(leases, "complete_jobs", complete_jobs_when_both_arrive)
     closed, errors = [], []
 
     def close(lease: leases.Lease) -> None:
@@ -107,14 +107,17 @@ def test_the_reconciler_marks_done_a_job_whose_shards_were_all_closed(engine):
     and leaves alone jobs with a shard still open and jobs already finished."""
     stuck, stuck_shards = job_with_shards(engine, 2)
     open_job, open_shards = job_with_shards(engine, 2, owner_name="bob")
+    cancelled, cancelled_shards = job_with_shards(engine, 1, owner_name="carol")
     with Session(engine) as session:
-        for shard_id in stuck_shards + open_shards[:1]:
+        for shard_id in stuck_shards + open_shards[:1] + cancelled_shards:
             shard = session.get(Shard, shard_id)
             shard.state = ShardState.done
         session.get(Job, stuck).state = JobState.running
+        session.get(Job, cancelled).state = JobState.cancelled
         session.commit()
-        assert leases.settle_finished_jobs(session) == [stuck]
-        assert leases.settle_finished_jobs(session) == []
+        assert leases.complete_jobs(session) == [stuck]
+        assert leases.complete_jobs(session) == []
     assert job_state(engine, stuck) is JobState.done
     assert job_state(engine, open_job) is JobState.queued
+    assert job_state(engine, cancelled) is JobState.cancelled
 
