@@ -29,6 +29,21 @@ def test_a_model_nobody_uses_is_deleted_with_its_file(service, scripted_model):
         assert client.delete(f"/api/v1/models/{model}").status_code == 404
 
 
+def test_two_deletes_of_one_model_at_once_give_one_200_and_one_404(service, scripted_model):
+    with service.client() as client:
+        model = upload_model(client, scripted_model, {"name": "twice", "input_shape": [1, 8, 8],
+                                                      "num_classes": 10}).json()["id"]
+    start = threading.Barrier(2)
+
+    def delete(_: int) -> int:
+        with service.client() as own:
+            start.wait(timeout=30)
+            return own.delete(f"/api/v1/models/{model}").status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        assert sorted(pool.map(delete, range(2))) == [200, 404]
+
+
 def test_a_deletion_racing_a_job_s_creation_either_keeps_what_the_job_uses_or_refuses_the_job(
         service, scripted_model):
     """Job, model deletion and dataset deletion sent together, the deletions 0 to 21 ms after the job so that

@@ -75,8 +75,9 @@ def read_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Da
 
 @router.delete("/{id}", response_model=Message, responses={404: {"model": Message}, 409: {"model": Message}})
 def delete_dataset(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Message:
+    # first: a job being created with it, or a second delete of it, waits its turn, then finds it gone
+    lock_owner(session=session, owner=owner)
     row = owned_dataset(session, owner, id)
-    lock_owner(session=session, owner=owner)  # a job being created on it waits, then finds it gone
     if session.exec(select(Job.id).where(Job.dataset == str(id), Job.owner_id == owner.id)).first() is not None:
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {id} has certification jobs; it is kept for them")

@@ -74,8 +74,9 @@ def read_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Mode
 
 @router.delete("/{id}", response_model=Message, responses={404: {"model": Message}, 409: {"model": Message}})
 def delete_model(session: SessionDep, owner: CurrentOwner, id: ResourceId) -> Message:
+    # first: a job being created with it, or a second delete of it, waits its turn, then finds it gone
+    lock_owner(session=session, owner=owner)
     model = owned_model(session, owner, id)
-    lock_owner(session=session, owner=owner)  # a job being created for it waits, then finds it gone
     uses = or_(col(Job.model_id) == id, Job.config["denoiser_id"].as_integer() == id)
     if session.exec(select(Job.id).where(Job.owner_id == owner.id, uses)).first() is not None:
         session.rollback()
