@@ -16,6 +16,7 @@ import { CurveChart } from '../../charts/CurveChart';
 import { HistogramChart } from '../../charts/HistogramChart';
 import { configLabel, radiusHistogram } from '../../charts/shape';
 import { ProgressBar } from './ProgressBar';
+import { refetchFresh } from './refetchFresh';
 import { ResultsTable } from './ResultsTable';
 import { useJobEvents } from './useJobEvents';
 
@@ -89,8 +90,8 @@ function Job({ id }: { id: number }) {
   const state = job.data?.state;
   useEffect(() => {
     if (done === undefined) return;
-    queryClient.invalidateQueries({ queryKey: readSummaryApiV1JobsIdSummaryGetQueryKey({ path: { id } }) });
-    queryClient.invalidateQueries({ queryKey: readResultsApiV1JobsIdResultsGetQueryKey({ path: { id }, query: { limit: 10000 } }) });
+    void refetchFresh(queryClient, [readSummaryApiV1JobsIdSummaryGetQueryKey({ path: { id } }),
+      readResultsApiV1JobsIdResultsGetQueryKey({ path: { id }, query: { limit: 10000 } })]);
   }, [done, state, id, queryClient]);
 
   if (job.isError && isNotFound(job.error)) return <NotFound what={`Job #${id}`} />;
